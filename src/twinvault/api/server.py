@@ -1,0 +1,132 @@
+"""The management API (HTTPS, JSON) over a running ``Host``; the console's only door.
+
+Every route but ``/api/login`` and ``/metrics`` needs ``Authorization: Bearer TOKEN``.
+Errors are the catalog's: ``{"error": {"code", "message"}}`` with an HTTP status that
+says whose fault it was. Routes are listed in ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from twinvault.daemon.host import Host
+from twinvault.ops import errors
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_STATUS = {errors.JOB_NOT_FOUND: 404, errors.AUTHENTICATION_FAILED: 401, errors.TOKEN_INVALID: 401}
+
+
+def _error(exc: TwinvaultError) -> web.Response:
+    status = _STATUS.get(exc.code, 400 if exc.code != errors.INTERNAL_ERROR else 500)
+    return web.json_response(exc.to_json(), status=status)
+
+
+def build_app(host: Host) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path not in ("/api/login", "/metrics"):
+                auth = request.headers.get("Authorization", "")
+                token = auth.removeprefix("Bearer ").strip()
+                user = host.accounts.user_for(token) if token else None
+                if user is None:
+                    raise TwinvaultError(errors.TOKEN_INVALID, "log in again (twinvault login)")
+                request["user"] = user
+            return await handler(request)
+        except TwinvaultError as exc:
+            return _error(exc)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return _error(TwinvaultError(errors.INVALID_ARGUMENT, f"bad request: {exc}"))
+
+    app = web.Application(middlewares=[guard], client_max_size=4 * 1024 * 1024)
+    r = app.router
+
+    async def login(request: web.Request) -> web.Response:
+        body = await request.json()
+        user, password = str(body["user"]), str(body["password"])
+        peer = request.remote or "?"
+        token = host.accounts.login(user, password)
+        if token is None:
+            host.emit(ev.LOGIN_FAILED, user=user, peer=peer)
+            raise TwinvaultError(errors.AUTHENTICATION_FAILED, f"user {user}")
+        return web.json_response({"token": token, **host.host_info()})
+
+    async def logout(request: web.Request) -> web.Response:
+        host.accounts.revoke(request.headers["Authorization"].removeprefix("Bearer ").strip())
+        return web.json_response({"ok": True})
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(host.host_info())
+
+    async def register_image_job(request: web.Request) -> web.Response:
+        body = await request.json()
+        reply = host.register_image_job(str(body["job_id"]), str(body["source_name"]), body.get("path_prefix"))
+        return web.json_response(reply)
+
+    async def forget_image_job(request: web.Request) -> web.Response:
+        host.forget_image_job(request.match_info["job"])
+        return web.json_response({"ok": True})
+
+    async def create_job(request: web.Request) -> web.Response:
+        job = await host.create_source_job(await request.json())
+        return web.json_response({"job": job.spec.job_id})
+
+    async def jobs(request: web.Request) -> web.Response:
+        return web.json_response({"jobs": host.job_views()})
+
+    async def job(request: web.Request) -> web.Response:
+        return web.json_response(host.job_view(request.match_info["job"]))
+
+    async def job_action(request: web.Request) -> web.Response:
+        job_id, action = request.match_info["job"], request.match_info["action"]
+        body = await request.json() if request.can_read_body else {}
+        if action == "stop":
+            await host.stop_job(job_id)
+            return web.json_response({"job": job_id, "status": "Stopped"})
+        if action == "resume":
+            await host.resume_job(job_id)
+            return web.json_response({"job": job_id, "status": "Resumed"})
+        if action == "delete":
+            return web.json_response(await host.delete_job(job_id))
+        if action == "verify":
+            plan = await host.source_job(job_id).verify(
+                checksum=bool(body.get("checksum")), remirror=bool(body.get("remirror"))
+            )
+            return web.json_response({
+                "job": job_id, "checksum": bool(body.get("checksum")), "remirror": bool(body.get("remirror")),
+                "differences": plan.differences[:1000], "difference_count": len(plan.differences),
+                "orphans": plan.orphans[:1000], "orphan_count": len(plan.orphans),
+                "bytes_different": plan.bytes_to_send, "bytes_same": plan.skipped_bytes,
+                "files": plan.files_total,
+            })
+        raise TwinvaultError(errors.INVALID_COMMAND, action)
+
+    async def events(request: web.Request) -> web.Response:
+        since = request.query.get("since")
+        severity = request.query.get("severity")
+        limit = request.query.get("limit")
+        found = host.events.read(
+            since=float(since) if since else None, severity=severity or None, limit=int(limit) if limit else None
+        )
+        return web.json_response({"events": [e.to_json() for e in found]})
+
+    async def images(request: web.Request) -> web.Response:
+        return web.json_response({"images": host.images()})
+
+    r.add_post("/api/login", login)
+    r.add_post("/api/logout", logout)
+    r.add_get("/api/host", info)
+    r.add_post("/api/repository/jobs", register_image_job)
+    r.add_delete("/api/repository/jobs/{job}", forget_image_job)
+    r.add_post("/api/jobs", create_job)
+    r.add_get("/api/jobs", jobs)
+    r.add_get("/api/jobs/{job}", job)
+    r.add_post("/api/jobs/{job}/{action}", job_action)
+    r.add_get("/api/events", events)
+    r.add_get("/api/images", images)
+    return app

@@ -1,0 +1,138 @@
+"""``twinvault jobs`` and ``twinvault job show|stop|resume|delete|verify``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.live import Live
+from rich.table import Table
+
+from twinvault.cli.client import ApiClient, CredentialCache
+from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.ops.errors import TwinvaultError
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("jobs", help="every job known to a server")
+    p.add_argument("--server", default="localhost")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="refresh every second (live status)")
+    p.add_argument("--for", dest="duration", type=float, default=0, help="with --watch: stop after N seconds")
+    p.set_defaults(func=jobs)
+
+    job = sub.add_parser("job", help="one job").add_subparsers(dest="action", required=True)
+    for action in ("show", "stop", "resume", "delete", "verify"):
+        p = job.add_parser(action)
+        p.add_argument("job")
+        p.add_argument("--server", default="localhost")
+        p.add_argument("--json", action="store_true")
+        if action == "verify":
+            p.add_argument("--checksum", action="store_true")
+            p.add_argument("--remirror", action="store_true")
+        p.set_defaults(func=job_action)
+
+
+def _row(j: dict[str, Any]) -> list[Any]:
+    return [j["id"], j.get("type"), j.get("status"), j.get("source"), j.get("target"),
+            f"{j.get('percent_complete', 0)}%", j.get("time_remaining_s"), j.get("health")]
+
+
+_COLUMNS = ["id", "type", "status", "source", "target", "% complete", "time left (s)", "health"]
+
+
+def jobs(args: argparse.Namespace) -> int:
+    client = ApiClient.for_host(args.server)
+    if args.watch:
+        deadline = time.monotonic() + args.duration if args.duration else None
+        with Live(console=console, refresh_per_second=2) as live:
+            while deadline is None or time.monotonic() < deadline:
+                views = client.call("GET", "/api/jobs")["jobs"]
+                t = Table(title=f"jobs on {args.server}  {time.strftime('%H:%M:%S')}")
+                for c in [*_COLUMNS, "mirror", "replication", "sent", "queued"]:
+                    t.add_column(c)
+                for j in views:
+                    t.add_row(*[str(v) for v in _row(j)], j.get("mirror", {}).get("status", ""),
+                              j.get("replication", {}).get("status", ""),
+                              human_bytes(j.get("total_sent_bytes", 0)),
+                              human_bytes(j.get("replication", {}).get("bytes_queued", 0)))
+                live.update(t)
+                time.sleep(1)
+        return 0
+    views = client.call("GET", "/api/jobs")["jobs"]
+    if args.json:
+        emit_json({"jobs": [{k: j.get(k) for k in (
+            "id", "type", "status", "source", "target", "percent_complete", "time_remaining_s", "health")}
+            for j in views]})
+    else:
+        table(f"jobs on {args.server}", _COLUMNS, [_row(j) for j in views])
+    return 0
+
+
+def job_action(args: argparse.Namespace) -> int:
+    client = ApiClient.for_host(args.server)
+    if args.action == "show":
+        view = client.call("GET", f"/api/jobs/{args.job}")
+        if args.json:
+            emit_json(view)
+        else:
+            _print_details(view)
+        return 0
+    body: dict[str, Any] = {}
+    if args.action == "verify":
+        body = {"checksum": args.checksum, "remirror": args.remirror}
+    if args.action == "delete":
+        view = client.call("GET", f"/api/jobs/{args.job}")
+    reply = client.call("POST", f"/api/jobs/{args.job}/{args.action}", body)
+    if args.action == "delete" and reply.get("source") and not reply.get("repository"):
+        _forget_on_repository(view, args.job)
+    if args.json:
+        emit_json(reply)
+    elif args.action == "verify":
+        console.print(f"{reply['difference_count']} differing paths, {reply['orphan_count']} orphans"
+                      + (" (remirror started)" if args.remirror and reply["difference_count"] else ""))
+        for path in reply["differences"][:50]:
+            console.print(f"  differs: {path}")
+        for path in reply["orphans"][:50]:
+            console.print(f"  orphan:  {path}")
+    else:
+        console.print(f"job {args.job}: {args.action} done")
+    if args.action == "verify" and not args.remirror and (reply["difference_count"] or reply["orphan_count"]):
+        return 3  # like diff(1): the comparison found differences
+    return 0
+
+
+def _forget_on_repository(view: dict[str, Any], job_id: str) -> None:
+    """The job's other half lives on the repository: remove it too when we are logged in there."""
+    cache = CredentialCache()
+    for key, cred in cache.load().items():
+        if cred.name and cred.name == view.get("target"):
+            try:
+                ApiClient(key, cred.fingerprint, cred.token).call("DELETE", f"/api/repository/jobs/{job_id}")
+            except TwinvaultError:
+                pass  # already gone
+            return
+
+
+def _print_details(v: dict[str, Any]) -> None:
+    mirror, rep = v.get("mirror", {}), v.get("replication", {})
+    rows = [
+        ("Job type", v.get("type")), ("Job status", v.get("status")), ("Health", v.get("health")),
+        ("Time remaining", f"{v.get('time_remaining_s', 0)} s"), ("Source server", v.get("source")),
+        ("Target server", v.get("target")), ("Image location", v.get("image_location")),
+        ("Total sent data", human_bytes(v.get("total_sent_bytes", 0))),
+        ("Total sent compressed", human_bytes(v.get("total_sent_compressed_bytes", 0))),
+        ("Transmit status", v.get("transmit_status")), ("Target status", v.get("target_status")),
+        ("Recovery available", "Yes" if v.get("recovery_available") else "No"),
+        ("Mirror status", mirror.get("status")), ("Mirror percent complete", f"{mirror.get('percent_complete', 0)}%"),
+        ("Mirror remaining", human_bytes(mirror.get("remaining_bytes", 0))),
+        ("Mirror skipped", human_bytes(mirror.get("skipped_bytes", 0))),
+        ("Orphans", mirror.get("orphans", 0)),
+        ("Replication status", rep.get("status")), ("Bytes sent", human_bytes(rep.get("bytes_sent", 0))),
+        ("Bytes sent compressed", human_bytes(rep.get("bytes_sent_compressed", 0))),
+        ("Bytes queued", human_bytes(rep.get("bytes_queued", 0))),
+    ]
+    if v.get("last_error"):
+        rows.append(("Last error", f"{v['last_error'].get('code')}: {v['last_error'].get('message')}"))
+    table(f"job {v.get('id')}", ["", ""], rows)

@@ -1,0 +1,44 @@
+"""How the console prints: JSON documents with ``--json``, rich tables otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from twinvault.ops.errors import TwinvaultError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=1, default=str) + "\n")
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*["" if v is None else str(v) for v in row])
+    console.print(t)
+
+
+def fail(exc: TwinvaultError, as_json: bool) -> int:
+    if as_json:
+        emit_json(exc.to_json())
+    sys.stderr.write(f"error {exc.code}: {exc.message}\n")
+    return 1
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,63 @@
+"""``twinvault protect``: create a protection job between a source and a repository."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from twinvault.cli.client import ApiClient, split_host
+from twinvault.cli.output import console, emit_json
+from twinvault.ops import errors
+from twinvault.ops.errors import TwinvaultError
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("protect", help="create and start a protection job")
+    p.add_argument("--source", required=True)
+    p.add_argument("--repository", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", nargs="+", metavar="PATH")
+    what.add_argument("--full-server", action="store_true")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="GLOB")
+    p.add_argument("--path-prefix")
+    p.add_argument("--delete-orphans", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=protect)
+
+
+def protect(args: argparse.Namespace) -> int:
+    if args.full_server:
+        raise TwinvaultError(errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data")
+    source = ApiClient.for_host(args.source)
+    repository = ApiClient.for_host(args.repository)
+    source_info = source.call("GET", "/api/host")
+    job_id = uuid.uuid4().hex[:12]
+    image = repository.call("POST", "/api/repository/jobs", {
+        "job_id": job_id, "source_name": source_info["name"], "path_prefix": args.path_prefix,
+    })
+    repo_host, _ = split_host(args.repository)
+    spec = {
+        "job_id": job_id,
+        "source_name": source_info["name"],
+        "repository_name": image["name"],
+        "repository_address": repo_host,
+        "repository_peer_port": image["peer_port"],
+        "repository_fingerprint": image["fingerprint"],
+        "token": image["token"],
+        "roots": args.data,
+        "excludes": args.exclude,
+        "image_location": image["image_location"],
+        "delete_orphans": args.delete_orphans,
+    }
+    try:
+        source.call("POST", "/api/jobs", spec)
+    except TwinvaultError:
+        # The source refused (bad selection...): do not leave a job behind on the repository.
+        repository.call("DELETE", f"/api/repository/jobs/{job_id}")
+        raise
+    if args.json:
+        emit_json({"job": job_id, "image_location": image["image_location"]})
+    else:
+        console.print(f"job {job_id}: {source_info['name']} -> {image['name']}:{image['image_location']}")
+    return 0

@@ -1,0 +1,144 @@
+"""A host's state directory and configuration file (``config.toml``).
+
+Layout of ``--home`` (see ``docs/formats.md``)::
+
+    config.toml            host name, ports, queue limits, repository defaults
+    tls/cert.pem key.pem   the host's TLS identity (key 0600)
+    accounts.json          console accounts, scrypt hashes (0600)
+    tokens.json            issued console tokens, stored hashed (0600)
+    events/events.log      the event log (rotated)
+    source/jobs/ID.json    protection jobs this host is the source of
+    repository/jobs/ID.json, repository/index/IMAGE.sqlite   jobs and indexes of images held here
+    queue/ID/              disk queue segments
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEFAULT_PEER_PORT = 6320
+DEFAULT_API_PORT = 6340
+
+
+@dataclass(slots=True)
+class QueueConfig:
+    memory_max_mb: int = 256
+    disk_folder: str = ""  # "" = <home>/queue
+    disk_max_mb: int | None = None  # None = unlimited
+    min_free_mb: int = 64
+
+
+@dataclass(slots=True)
+class HostConfig:
+    name: str
+    peer_port: int = DEFAULT_PEER_PORT
+    api_port: int = DEFAULT_API_PORT
+    bind_address: str = "0.0.0.0"
+    path_prefix: str = ""  # "" = <home>/images
+    retry_limit: int = 10  # target write retries; -1 = forever (the seed's TGExecutionRetryLimit)
+    capture: str = "auto"  # auto | fanotify | inotify
+    metrics_token: str = ""
+    queue: QueueConfig = field(default_factory=QueueConfig)
+
+    def to_toml(self) -> dict[str, Any]:
+        host = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "queue"}
+        queue = {k: v for k, v in vars_of(self.queue).items() if v is not None}
+        return {"host": host, "queue": queue}
+
+    @staticmethod
+    def from_toml(raw: dict[str, Any]) -> HostConfig:
+        host = dict(raw.get("host", {}))
+        queue = QueueConfig(**raw.get("queue", {}))
+        return HostConfig(**host, queue=queue)
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "tls" / "cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "tls" / "key.pem"
+
+    @property
+    def accounts(self) -> Path:
+        return self.root / "accounts.json"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens.json"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def source_jobs(self) -> Path:
+        return self.root / "source" / "jobs"
+
+    @property
+    def repository_jobs(self) -> Path:
+        return self.root / "repository" / "jobs"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "repository" / "index"
+
+    def queue_dir(self, config: HostConfig) -> Path:
+        return Path(config.queue.disk_folder) if config.queue.disk_folder else self.root / "queue"
+
+    def path_prefix(self, config: HostConfig) -> Path:
+        return Path(config.path_prefix) if config.path_prefix else self.root / "images"
+
+    def make_dirs(self) -> None:
+        for d in (self.root, self.cert.parent, self.events_dir, self.source_jobs, self.repository_jobs, self.index_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("TWINVAULT_HOME", "/var/lib/twinvault"))
+
+
+def load_config(home: Home) -> HostConfig:
+    with open(home.config_file, "rb") as f:
+        return HostConfig.from_toml(tomllib.load(f))
+
+
+def save_config(home: Home, config: HostConfig) -> None:
+    write_private(home.config_file, tomli_w.dumps(config.to_toml()).encode())
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file atomically with mode 0600 (temp, fsync, rename, fsync dir)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

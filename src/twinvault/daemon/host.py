@@ -1,0 +1,251 @@
+"""One running host: the daemon's roles wired together (``twinvault serve``).
+
+The host owns its configuration, accounts, event log, the protection jobs it is the
+source of and the image jobs it is the repository of, the peer listener (6320) and
+the management API (6340). Its neighbours: ``api.server`` (HTTP routes over this
+object), ``source.job`` and ``repository.receiver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from twinvault.daemon.accounts import Accounts
+from twinvault.daemon.config import Home, HostConfig, load_config, write_private
+from twinvault.ops import errors
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol.tls import fingerprint_of_cert_file, server_context
+from twinvault.repository.receiver import ImageJob, serve_peer
+from twinvault.source.job import JobSpec, ProtectionJob
+from twinvault.source.queue import QueueLimits
+from twinvault.source.selection import Selection, is_within
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class Host:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.config: HostConfig = load_config(home)
+        self.accounts = Accounts(home.accounts, home.tokens)
+        self.events = ev.EventLog(home.events_dir)
+        self.fingerprint = fingerprint_of_cert_file(home.cert)
+        self.source_jobs: dict[str, ProtectionJob] = {}
+        self.image_jobs: dict[str, ImageJob] = {}
+        self._peer_server: asyncio.AbstractServer | None = None
+        self.started = time.time()
+
+    def emit(self, event_id: int, **fields: Any) -> None:
+        self.events.emit(event_id, **fields)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for path in sorted(self.home.repository_jobs.glob("*.json")):
+            raw = json.loads(path.read_text())
+            self.image_jobs[raw["job_id"]] = ImageJob(**raw)
+        self._peer_server = await asyncio.start_server(
+            self._on_peer, self.config.bind_address, self.config.peer_port,
+            ssl=server_context(self.home.cert, self.home.key), limit=64 * 1024 * 1024,
+        )
+        self.emit(ev.TARGET_STARTED)
+        for path in sorted(self.home.source_jobs.glob("*.json")):
+            spec = JobSpec.from_json(json.loads(path.read_text()))
+            job = self._make_job(spec)
+            self.source_jobs[spec.job_id] = job
+            if not spec.stopped:
+                await job.start()
+        self.emit(ev.SOURCE_STARTED)
+        self.emit(ev.SERVICE_STARTED)
+
+    async def stop(self) -> None:
+        for job in self.source_jobs.values():
+            await job.stop()
+        if self._peer_server is not None:
+            self._peer_server.close()
+            await self._peer_server.wait_closed()
+        self.emit(ev.SOURCE_STOPPED)
+        self.emit(ev.TARGET_STOPPED)
+        self.emit(ev.SERVICE_STOPPED)
+
+    async def _on_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_peer(
+            reader, writer,
+            find_job=self.image_jobs.get,
+            index_path_for=lambda job: self.home.index_dir / f"{job.image_name}.sqlite",
+            emit=self.emit,
+            retry_limit=self.config.retry_limit,
+        )
+
+    def _make_job(self, spec: JobSpec) -> ProtectionJob:
+        q = self.config.queue
+        limits = QueueLimits(
+            memory_max_bytes=q.memory_max_mb << 20,
+            disk_max_bytes=None if q.disk_max_mb is None else q.disk_max_mb << 20,
+            min_free_bytes=q.min_free_mb << 20,
+        )
+        return ProtectionJob(spec, self.home.queue_dir(self.config), limits, self.emit,
+                             capture_method=self.config.capture)
+
+    # -- repository role --------------------------------------------------------------
+
+    def register_image_job(self, job_id: str, source_name: str, path_prefix: str | None) -> dict[str, Any]:
+        if not _NAME.match(source_name):
+            raise TwinvaultError(errors.INVALID_ARGUMENT, f"source name {source_name!r}")
+        if not _NAME.match(job_id):
+            raise TwinvaultError(errors.INVALID_ARGUMENT, f"job id {job_id!r}")
+        if job_id in self.image_jobs:
+            raise TwinvaultError(errors.REPLICATION_SET_EXISTS, job_id)
+        prefix = Path(path_prefix) if path_prefix else self.home.path_prefix(self.config)
+        if not prefix.is_absolute():
+            raise TwinvaultError(errors.INVALID_ARGUMENT, f"path prefix must be absolute: {prefix}")
+        image_root = prefix / source_name
+        try:
+            image_root.mkdir(parents=True, exist_ok=True)
+            probe = image_root / f".twinvault-tmp.probe-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TwinvaultError(errors.REPOSITORY_PATH_NOT_WRITABLE, f"{image_root}: {exc.strerror}") from exc
+        job = ImageJob(job_id, source_name, source_name, str(image_root), secrets.token_urlsafe(32), time.time())
+        write_private(self.home.repository_jobs / f"{job_id}.json", json.dumps(job.to_json()).encode())
+        self.image_jobs[job_id] = job
+        return {
+            "token": job.token, "peer_port": self.config.peer_port, "fingerprint": self.fingerprint,
+            "image_location": str(image_root), "name": self.config.name,
+        }
+
+    def forget_image_job(self, job_id: str) -> None:
+        if self.image_jobs.pop(job_id, None) is None:
+            raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
+        (self.home.repository_jobs / f"{job_id}.json").unlink(missing_ok=True)
+
+    def images(self) -> list[dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
+        for job in self.image_jobs.values():
+            image = seen.setdefault(job.image_root, {
+                "name": job.image_name, "location": job.image_root, "source": job.source_name,
+                "jobs": [], "state": "idle",
+            })
+            image["jobs"].append(job.job_id)
+            if job.connected:
+                image["state"] = "receiving"
+        return list(seen.values())
+
+    # -- source role --------------------------------------------------------------------
+
+    async def create_source_job(self, raw: dict[str, Any]) -> ProtectionJob:
+        spec = JobSpec.from_json(raw)
+        if spec.job_id in self.source_jobs:
+            raise TwinvaultError(errors.REPLICATION_SET_EXISTS, spec.job_id)
+        selection = Selection.build(list(spec.roots), list(spec.excludes))
+        selection.check_readable()
+        for root in selection.roots:
+            # A selection that holds an image would replicate the repository into itself.
+            for image in self.image_jobs.values():
+                if is_within(image.image_root, root) or is_within(root, image.image_root):
+                    raise TwinvaultError(errors.SELECTION_OVERLAPS_IMAGE, f"{root} and {image.image_root}")
+            if is_within(str(self.home.root), root):
+                raise TwinvaultError(errors.SELECTION_OVERLAPS_IMAGE, f"{root} holds this host's state {self.home.root}")
+        spec = JobSpec.from_json({**spec.to_json(), "roots": selection.roots, "source_name": self.config.name})
+        self._save_spec(spec)
+        job = self._make_job(spec)
+        self.source_jobs[spec.job_id] = job
+        await job.start()
+        return job
+
+    def _save_spec(self, spec: JobSpec) -> None:
+        write_private(self.home.source_jobs / f"{spec.job_id}.json", json.dumps(spec.to_json()).encode())
+
+    def source_job(self, job_id: str) -> ProtectionJob:
+        job = self.source_jobs.get(job_id)
+        if job is None:
+            raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
+        return job
+
+    async def stop_job(self, job_id: str) -> None:
+        job = self.source_job(job_id)
+        if job.spec.stopped:
+            raise TwinvaultError(errors.JOB_ALREADY_IN_STATE, f"{job_id} is already stopped")
+        await job.stop()
+        self._replace_spec(job, stopped=True)
+
+    async def resume_job(self, job_id: str) -> None:
+        job = self.source_job(job_id)
+        if not job.spec.stopped and job.connected:
+            raise TwinvaultError(errors.JOB_ALREADY_IN_STATE, f"{job_id} is running")
+        if not job.spec.stopped:
+            await job.stop()
+        job = self._replace_spec(job, stopped=False)
+        await job.start()
+
+    def _replace_spec(self, job: ProtectionJob, *, stopped: bool) -> ProtectionJob:
+        spec = JobSpec.from_json({**job.spec.to_json(), "stopped": stopped})
+        self._save_spec(spec)
+        fresh = self._make_job(spec)
+        self.source_jobs[spec.job_id] = fresh
+        return fresh
+
+    async def delete_job(self, job_id: str) -> dict[str, Any]:
+        deleted: dict[str, Any] = {"job": job_id, "source": False, "repository": False}
+        job = self.source_jobs.pop(job_id, None)
+        if job is not None:
+            await job.stop()
+            (self.home.source_jobs / f"{job_id}.json").unlink(missing_ok=True)
+            deleted["source"] = True
+        if job_id in self.image_jobs:
+            self.forget_image_job(job_id)
+            deleted["repository"] = True
+        if not deleted["source"] and not deleted["repository"]:
+            raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
+        return deleted
+
+    # -- views ----------------------------------------------------------------------------
+
+    def job_views(self) -> list[dict[str, Any]]:
+        out = [job.status() for job in self.source_jobs.values()]
+        mine = {v["id"] for v in out}
+        for image_job in self.image_jobs.values():
+            if image_job.job_id not in mine:
+                out.append(self._image_job_view(image_job))
+        return out
+
+    def job_view(self, job_id: str) -> dict[str, Any]:
+        if job_id in self.source_jobs:
+            view = self.source_jobs[job_id].status()
+            return view
+        if job_id in self.image_jobs:
+            return self._image_job_view(self.image_jobs[job_id])
+        raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
+
+    def _image_job_view(self, job: ImageJob) -> dict[str, Any]:
+        """The repository's view: the source's last reported status plus its own state."""
+        base: dict[str, Any] = dict(job.last_status) if job.last_status else {
+            "id": job.job_id, "type": "Data Protection", "source": job.source_name, "status": "Unknown",
+            "percent_complete": 0.0, "time_remaining_s": 0, "health": "warning",
+        }
+        base.update({
+            "id": job.job_id, "target": self.config.name, "image_location": job.image_root,
+            "target_status": "Retrying" if job.retrying else job.target_status,
+            "connected": job.connected, "ops_applied": job.ops_applied,
+        })
+        if not job.connected:
+            base["status"] = "Communication Error" if job.last_status else base.get("status", "Unknown")
+            base["recovery_available"] = False
+        return base
+
+    def host_info(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name, "fingerprint": self.fingerprint, "peer_port": self.config.peer_port,
+            "api_port": self.config.api_port, "pid": os.getpid(), "started": self.started,
+        }

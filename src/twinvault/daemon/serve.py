@@ -1,0 +1,42 @@
+"""``twinvault serve``: run a host until SIGTERM or SIGINT, then shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from twinvault.api.server import build_app
+from twinvault.daemon.config import Home
+from twinvault.daemon.host import Host
+from twinvault.protocol.tls import server_context
+
+log = logging.getLogger(__name__)
+
+
+async def serve(home: Home) -> None:
+    host = Host(home)
+    await host.start()
+    app = build_app(host)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, host.config.bind_address, host.config.api_port, ssl_context=server_context(home.cert, home.key)
+    )
+    await site.start()
+    log.info("twinvault %s serving: peer port %d, api port %d", host.config.name,
+             host.config.peer_port, host.config.api_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await host.stop()
+
+
+def run(home: Home) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(home))

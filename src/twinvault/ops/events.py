@@ -1,0 +1,628 @@
+"""The one event catalog and the event log that records events on a host.
+
+`EVENT_CATALOG` keeps the seed's event IDs ("Event messages" in the Double-Take Backup user's
+guide) wherever the meaning carries over to Linux, worded for twinvault, plus twinvault's own
+events from 9000 up. `EventLog` formats an event from its template, appends it to a rotated
+JSON-lines file, logs it to the `twinvault.events` logger (journald via the daemon's logging
+setup) and hands it to live subscribers (e-mail rules, SNMP traps). The API serves
+`EventLog.read()`; `docs/events.md` (the table and the file format) is generated from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Literal, cast, get_args
+
+from twinvault.ops.errors import INVALID_ARGUMENT, TwinvaultError
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
+FieldValue = str | int | float
+
+LOG_NAME: Final = "events.log"
+FORMAT_VERSION: Final = 1
+
+_log = logging.getLogger("twinvault.events")
+_LOG_LEVELS: Final[dict[str, int]] = {
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+}
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One catalog entry: the event's ID, category, severity and message template.
+
+    Templates name their fields (`{target}`) where the guide numbers them (%1).
+    """
+
+    id: int
+    category: str
+    severity: Severity
+    template: str
+
+
+# --- Named IDs: every catalog entry has one. ---
+# Service (the daemon and its source/target roles); the guide's "Kernel" is our daemon.
+LOGGER_STARTED: Final = 3000
+LOGGER_STOPPED: Final = 3001
+SERVICE_STARTED: Final = 4000
+TARGET_STARTED: Final = 4001
+SOURCE_STARTED: Final = 4002
+SOURCE_STOPPED: Final = 4003
+TARGET_STOPPED: Final = 4004
+SERVICE_STOPPED: Final = 4005
+SERVICE_ABORTED: Final = 4006
+AUTO_DISCONNECT: Final = 4007
+AUTO_DISCONNECT_SUCCEEDED: Final = 4008
+AUTO_RECONNECTING: Final = 4009
+AUTO_RECONNECT_SUCCEEDED: Final = 4010
+AUTO_RECONNECT_FAILED: Final = 4011
+GENERIC_WARNING: Final = 4012
+GENERIC_INFO: Final = 4013
+TRANSMISSION_STARTED: Final = 4014
+TRANSMISSION_STOPPED: Final = 4015
+CONNECTED: Final = 4016
+DISCONNECTED: Final = 4017
+RESTORE_REQUIRED: Final = 4018
+MIRROR_STARTED: Final = 4019
+MIRROR_PAUSED: Final = 4020
+MIRROR_RESUMED: Final = 4021
+MIRROR_STOPPED: Final = 4022
+MIRROR_COMPLETED: Final = 4023
+REPLICATION_STARTED: Final = 4024
+REPLICATION_STOPPED: Final = 4025
+TARGET_PAUSED: Final = 4026
+TARGET_RESUMED: Final = 4027
+REPLICATION_STOPPED_BY_ERROR: Final = 4044
+PORT_OUT_OF_RANGE: Final = 4045
+PORT_CONFLICT: Final = 4046
+COMPRESSION_UNAVAILABLE: Final = 4047
+ORPHANS_STARTED: Final = 4048
+ORPHANS_PAUSED: Final = 4049
+ORPHANS_RESUMED: Final = 4050
+ORPHANS_STOPPED: Final = 4051
+ORPHANS_COMPLETED: Final = 4052
+RESTORE_STARTED: Final = 4053
+RESTORE_PAUSED: Final = 4054
+RESTORE_RESUMED: Final = 4055
+RESTORE_STOPPED: Final = 4056
+RESTORE_COMPLETED: Final = 4057
+VERIFY_STARTED: Final = 4058
+VERIFY_PAUSED: Final = 4059
+VERIFY_RESUMED: Final = 4060
+VERIFY_STOPPED: Final = 4061
+VERIFY_COMPLETED: Final = 4062
+BANDWIDTH_LIMIT_CHANGED: Final = 4063
+BANDWIDTH_PERIOD_CHANGED: Final = 4064
+TARGET_DATA_STATE_CHANGED: Final = 4065
+NO_CHANGES_FROM_CAPTURE: Final = 4067
+REPLICATING_VOLUME_WRITE_FAILED: Final = 4068
+# System
+UNKNOWN_CONFIG_PARAMETER: Final = 4096
+CHANGE_CAPTURE_FAILED: Final = 4097
+CONFIG_LOAD_FAILED: Final = 4098
+# Target writes
+TARGET_DISK_FULL: Final = 4110
+TARGET_SHARING: Final = 4111
+TARGET_ACCESS_DENIED: Final = 4112
+TARGET_UNKNOWN_WRITE_ERROR: Final = 4113
+TARGET_WRITE_RETRIED_OK: Final = 4120
+TARGET_WRITE_DISCARDED: Final = 4150
+FILE_OPERATION_TIMED_OUT: Final = 4155
+# In-band tasks
+TASK_SUBMITTED: Final = 4200
+TASK_DISCARDED: Final = 4201
+TASK_SCRIPT_RUNNING: Final = 4202
+TASK_SCRIPT_COMPLETED: Final = 4203
+TASK_SCRIPT_FAILED: Final = 4204
+TASK_SCRIPT_TIMEOUT: Final = 4205
+TASK_SCRIPT_TIMEOUT_DISABLED: Final = 4206
+TASK_SCRIPTS_DISABLED: Final = 4207
+# Snapshots, orphans, system state, firewall
+SNAPSHOT_FAILED: Final = 4400
+AUTO_SNAPSHOT_DELETE_FAILED: Final = 4401
+SNAPSHOT_DELETE_FAILED: Final = 4402
+SCHEDULED_SNAPSHOT_DEFERRED: Final = 4403
+SNAPSHOT_SCHEDULE_SET: Final = 4404
+SNAPSHOT_SCHEDULE_REMOVED: Final = 4405
+SNAPSHOT_SCHEDULE_ENABLED: Final = 4406
+SNAPSHOT_SCHEDULE_DISABLED: Final = 4407
+ORPHANS_MOVE_FAILED: Final = 4408
+ORPHANS_DELETE_FAILED: Final = 4409
+SYSTEM_STATE_CAPTURE_FAILED: Final = 4410
+PORT_BLOCKED_BY_FIREWALL: Final = 4411
+# Server recovery (the guide's failover events)
+FAILOVER_COMPLETED: Final = 5100
+ADDRESS_ADDED: Final = 5101
+FAILOVER_WAITING_FOR_USER: Final = 5102
+FAILOVER_SCRIPT_STARTING: Final = 5105
+FAILOVER_SCRIPT_SUCCEEDED: Final = 5106
+FAILOVER_SCRIPT_FAILED: Final = 5107
+FAILOVER_SCRIPT_STILL_RUNNING: Final = 5110
+MAC_ADDRESS_BROADCAST: Final = 5400
+# E-mail notification
+EMAIL_CONNECT_FAILED: Final = 5500
+EMAIL_ENABLE_FAILED: Final = 5501
+EMAIL_SEND_FAILED: Final = 5505
+EMAIL_SETTINGS_MISSING: Final = 5506
+EMAIL_SETTING_INVALID: Final = 5600
+# Archiving and recall
+ARCHIVE_STARTED: Final = 11000
+ARCHIVE_COMPLETED: Final = 11001
+RECALL_STARTED: Final = 11002
+RECALL_COMPLETED: Final = 11003
+RECALL_COMPONENT_FAILED: Final = 11004
+ARCHIVE_ABORTED: Final = 11005
+RECALL_ABORTED: Final = 11006
+VERIFY_FINISHED_WITH_ERRORS: Final = 11007
+ARCHIVE_NOT_SUPPORTED: Final = 11008
+ARCHIVE_PREVIEW_STARTED: Final = 11009
+ARCHIVE_PREVIEW_COMPLETED: Final = 11010
+ARCHIVE_PREVIEW_ABORTED: Final = 11011
+# Twinvault additions (the guide's 9000-9125 are Windows driver events we do not carry)
+LOGIN_FAILED: Final = 9000
+MALFORMED_FRAME: Final = 9001
+CAPTURE_FELL_BACK_TO_INOTIFY: Final = 9002
+CAPTURE_LOST_EVENTS: Final = 9003
+ORPHANS_FOUND: Final = 9004
+IMAGE_MISMATCH: Final = 9005
+PEER_REJECTED: Final = 9006
+
+# The guide's "%1 (%2) for Replication Set %3, ID: %4": target name, its address, the
+# job's replication set (its name), the job (connection) ID.
+_TO = "to {target} ({address}) for Replication Set {replication_set}, ID: {job}"
+_FROM = "from {target} ({address}) for Replication Set {replication_set}, ID: {job}"
+_SOURCE = "source {source} ({address}) Connection ID: {job}"
+_SCHEDULE = "snapshot schedule for source {source} ({address}) connection {job}"
+_RETRY = "Operation will be retried ({retries} times or forever)"
+
+_GUIDE_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
+    (LOGGER_STARTED, "Service", "info", "Logger service was successfully started."),
+    (LOGGER_STOPPED, "Service", "info", "Logger service was successfully stopped."),
+    (SERVICE_STARTED, "Service", "info", "Service was successfully started."),
+    (TARGET_STARTED, "Service", "info", "Target service was successfully started."),
+    (SOURCE_STARTED, "Service", "info", "Source service was successfully started."),
+    (SOURCE_STOPPED, "Service", "info", "Source service was successfully stopped."),
+    (TARGET_STOPPED, "Service", "info", "Target service was successfully stopped."),
+    (SERVICE_STOPPED, "Service", "info", "Service was successfully stopped."),
+    (SERVICE_ABORTED, "Service", "error",
+     "Service has aborted due to the following unrecoverable error: {error}"),
+    (AUTO_DISCONNECT, "Service", "warning", "Auto-disconnecting " + _FROM + " due to {reason}"),
+    (AUTO_DISCONNECT_SUCCEEDED, "Service", "info",
+     "Auto-disconnect has succeeded for {target} ({address}) for Replication Set {replication_set}, "
+     "ID: {job}"),
+    (AUTO_RECONNECTING, "Service", "info",
+     "Auto-reconnecting Replication Set {replication_set} to {target} ({address})"),
+    (AUTO_RECONNECT_SUCCEEDED, "Service", "info",
+     "Auto-reconnect has succeeded connecting Replication Set {replication_set} to {target} ({address})"),
+    (AUTO_RECONNECT_FAILED, "Service", "error",
+     "Auto-reconnect has failed connecting Replication Set {replication_set} to {target} ({address})"),
+    (GENERIC_WARNING, "Service", "warning", "{message}"),
+    (GENERIC_INFO, "Service", "info", "{message}"),
+    (TRANSMISSION_STARTED, "Service", "info", "Service has started network transmission."),
+    (TRANSMISSION_STOPPED, "Service", "info", "Service has stopped network transmission."),
+    (CONNECTED, "Service", "info", "Service has established a connection " + _TO),
+    (DISCONNECTED, "Service", "info", "Service has disconnected " + _FROM),
+    (RESTORE_REQUIRED, "Service", "warning",
+     "{message}, however, mirroring and replication have been disabled as a restore is required due to a "
+     "previous failover."),
+    (MIRROR_STARTED, "Service", "info", "Service has started a mirror " + _TO),
+    (MIRROR_PAUSED, "Service", "info", "Service has paused a mirror " + _TO),
+    (MIRROR_RESUMED, "Service", "info", "Service has resumed a mirror " + _TO),
+    (MIRROR_STOPPED, "Service", "info",
+     "Service has stopped a mirror to {target} for Replication Set {replication_set}, ID: {job}, {detail}"),
+    (MIRROR_COMPLETED, "Service", "info", "Service has completed a mirror " + _TO + ", {detail}"),
+    (REPLICATION_STARTED, "Service", "info", "Service has started Replication " + _TO),
+    (REPLICATION_STOPPED, "Service", "info", "Service has stopped Replication " + _TO),
+    (TARGET_PAUSED, "Service", "info", "The target has been paused due to user intervention."),
+    (TARGET_RESUMED, "Service", "info", "The target has been resumed due to user intervention."),
+    (REPLICATION_STOPPED_BY_ERROR, "Service", "error",
+     "An error was encountered and replication has been stopped. It is necessary to stop and restart the "
+     "service to correct this error."),
+    (PORT_OUT_OF_RANGE, "Service", "error",
+     "{setting} value must be between 1025 and 65535. Using default of {default}."),
+    (PORT_CONFLICT, "Service", "error",
+     "This service failed to start because of a possible port conflict. Error: {error}"),
+    (COMPRESSION_UNAVAILABLE, "Service", "error",
+     "Could not load compression library {library}. Some levels of compression will not be available."),
+    (ORPHANS_STARTED, "Service", "info", "Service has started a delete orphans task " + _TO),
+    (ORPHANS_PAUSED, "Service", "info", "Service has paused a delete orphans task " + _TO),
+    (ORPHANS_RESUMED, "Service", "info", "Service has resumed a delete orphans task " + _TO),
+    (ORPHANS_STOPPED, "Service", "info", "Service has stopped a delete orphans task " + _TO),
+    (ORPHANS_COMPLETED, "Service", "info", "Service has completed a delete orphans task " + _TO),
+    (RESTORE_STARTED, "Service", "info", "Service has started a restore task " + _TO),
+    (RESTORE_PAUSED, "Service", "info", "Service has paused a restore task " + _TO),
+    (RESTORE_RESUMED, "Service", "info", "Service has resumed a restore task " + _TO),
+    (RESTORE_STOPPED, "Service", "info", "Service has stopped a restore task " + _TO),
+    (RESTORE_COMPLETED, "Service", "info", "Service has completed a restore task " + _TO),
+    (VERIFY_STARTED, "Service", "info", "Service has started a verification task " + _TO),
+    (VERIFY_PAUSED, "Service", "info", "Service has paused a verification task " + _TO),
+    (VERIFY_RESUMED, "Service", "info", "Service has resumed a verification task " + _TO),
+    (VERIFY_STOPPED, "Service", "info", "Service has stopped a verification task " + _TO),
+    (VERIFY_COMPLETED, "Service", "info", "Service has completed a verification task " + _TO),
+    (BANDWIDTH_LIMIT_CHANGED, "Service", "info",
+     "Bandwidth limit to {target} ({address}) has changed to {limit}."),
+    (BANDWIDTH_PERIOD_CHANGED, "Service", "info",
+     'Bandwidth limit to {target} ({address}) is now in the "{period}" period at {time}.'),
+    (TARGET_DATA_STATE_CHANGED, "Service", "warning",
+     "Target data state for connection {job} from {source} ({address}) has changed because {reason}."),
+    (NO_CHANGES_FROM_CAPTURE, "Service", "error",
+     "No replication ops have been received from change capture for an extended period of time."),
+    (REPLICATING_VOLUME_WRITE_FAILED, "Service", "error", "Failed to write to a replicating volume."),
+    (UNKNOWN_CONFIG_PARAMETER, "System", "warning", "The configuration parameter {parameter} is unknown."),
+    (CHANGE_CAPTURE_FAILED, "System", "error",
+     "The file system change capture failed to start ({reason}). Replication will not occur."),
+    (CONFIG_LOAD_FAILED, "System", "warning",
+     "The configuration parameters failed to load ({reason}), so the default configuration values will be "
+     "used."),
+    (TARGET_DISK_FULL, "Service", "warning",
+     "Target cannot write {path} due to target disk being full. " + _RETRY),
+    (TARGET_SHARING, "Service", "warning",
+     "Target can not write {path} due to a sharing violation. " + _RETRY),
+    (TARGET_ACCESS_DENIED, "Service", "warning",
+     "Target can not write {path} due to access denied. " + _RETRY),
+    (TARGET_UNKNOWN_WRITE_ERROR, "Service", "warning",
+     "Target can not write {path} due to an unknown reason. " + _RETRY
+     + ". Please check the log files for further information on the error."),
+    (TARGET_WRITE_RETRIED_OK, "Service", "info",
+     "Target write to {path} was completed successfully after {retries} retries."),
+    (TARGET_WRITE_DISCARDED, "Service", "error",
+     "Target write {path} failed after {retries} retries and will be discarded. See the event log or log "
+     "files for error conditions. After correcting the problem, you should re-mirror or run a verify to "
+     "resynchronize the changes."),
+    (FILE_OPERATION_TIMED_OUT, "Service", "warning",
+     "The service was unable to complete a file system operation in the allotted time. See the log files for "
+     "error conditions. After correcting the problem, remirror or perform a verification with remirror to "
+     "synchronize the changes."),
+    (TASK_SUBMITTED, "Service", "info", "In band task {task} submitted from {source} by {user} at {time}"),
+    (TASK_DISCARDED, "Service", "warning",
+     "In band task {task} discarded (submitted from {source} by {user} at {time})"),
+    (TASK_SCRIPT_RUNNING, "Service", "info",
+     "Running {kind} in band script: {script} (task {task} submitted from {source} by {user} at {time})"),
+    (TASK_SCRIPT_COMPLETED, "Service", "info",
+     "Completed run of in band script: {script} (exit code {exit_code})"),
+    (TASK_SCRIPT_FAILED, "Service", "error", "Error running in band script: {script}"),
+    (TASK_SCRIPT_TIMEOUT, "Service", "warning",
+     "Timeout ({timeout} seconds) running in band script: {script}"),
+    (TASK_SCRIPT_TIMEOUT_DISABLED, "Service", "warning", "Run timeout disabled for in band script: {script}"),
+    (TASK_SCRIPTS_DISABLED, "Service", "warning",
+     "In band scripts disabled by server - no attempt will be made to run {script}"),
+    (SNAPSHOT_FAILED, "Service", "error",
+     "Failed to create snapshot set for " + _SOURCE + ". Error: {error}"),
+    (AUTO_SNAPSHOT_DELETE_FAILED, "Service", "error",
+     "Failed to delete automatic snapshot set for " + _SOURCE + ". Error: {error}"),
+    (SNAPSHOT_DELETE_FAILED, "Service", "error",
+     "Failed to delete snapshot set for " + _SOURCE + ". Error: {error}"),
+    (SCHEDULED_SNAPSHOT_DEFERRED, "Service", "error",
+     "A scheduled snapshot could not be created for " + _SOURCE + " because the target data was in a bad "
+     "state. A snapshot will automatically be created when the target data reaches a good state."),
+    (SNAPSHOT_SCHEDULE_SET, "Service", "info",
+     "Set " + _SCHEDULE + " to every {minutes} minutes. Next snapshot: {next}."),
+    (SNAPSHOT_SCHEDULE_REMOVED, "Service", "info", "Removed " + _SCHEDULE + "."),
+    (SNAPSHOT_SCHEDULE_ENABLED, "Service", "info", "Enabled " + _SCHEDULE + "."),
+    (SNAPSHOT_SCHEDULE_DISABLED, "Service", "info", "Disabled " + _SCHEDULE + "."),
+    (ORPHANS_MOVE_FAILED, "Service", "warning",
+     "twinvault was unable to move some orphans for source {source} on connection ID {job}. Check the "
+     "twinvault logs for further details."),
+    (ORPHANS_DELETE_FAILED, "Service", "warning",
+     "twinvault was unable to delete some orphans for source {source} on connection ID {job}. Check the "
+     "twinvault logs for further details."),
+    (SYSTEM_STATE_CAPTURE_FAILED, "Service", "error",
+     "The system state capture failed with an error: {error}."),
+    (PORT_BLOCKED_BY_FIREWALL, "Service", "warning",
+     "The Service has detected that port {port} is being {action} by the firewall."),
+    (FAILOVER_COMPLETED, "Failover", "info", "Failover completed for {server}."),
+    (ADDRESS_ADDED, "Failover", "info",
+     "IP address {ip} with subnet mask {netmask} was added to target machine's {interface} adapter."),
+    (FAILOVER_WAITING_FOR_USER, "Failover", "warning",
+     "{server} has reached a failover condition. A response from the user is required before failover can "
+     "take place."),
+    (FAILOVER_SCRIPT_STARTING, "Failover", "info", "Attempting to run the {script} script."),
+    (FAILOVER_SCRIPT_SUCCEEDED, "Failover", "info", "The {script} script ran successfully."),
+    (FAILOVER_SCRIPT_FAILED, "Failover", "error", "Error occurred in running {script} script."),
+    (FAILOVER_SCRIPT_STILL_RUNNING, "Failover", "info", 'The {kind} script "{script}" is still running.'),
+    (MAC_ADDRESS_BROADCAST, "ARP", "info", "Broadcasted new MAC address {mac} for IP address {ip}."),
+    (EMAIL_CONNECT_FAILED, "Service", "warning",
+     "Could not connect to e-mail server. Check to make sure the SMTP server {server} is available (error "
+     "code: {error_code})."),
+    (EMAIL_ENABLE_FAILED, "Service", "warning",
+     "E-mail notification could not be enabled (error code: {error_code})."),
+    (EMAIL_SEND_FAILED, "Service", "warning",
+     "E-mail could not be sent. Check e-mail settings (error code: {error_code})."),
+    (EMAIL_SETTINGS_MISSING, "Service", "warning",
+     "One or more required e-mail settings have not been specified (error code: {error_code})."),
+    (EMAIL_SETTING_INVALID, "Service", "warning",
+     "Part or all of the e-mail setting {setting} is not in a valid format."),
+    (ARCHIVE_STARTED, "Service", "info", "Service has started an archive " + _TO),
+    (ARCHIVE_COMPLETED, "Service", "info", "Service has completed an archive " + _TO + ", {detail}"),
+    (RECALL_STARTED, "Service", "info", "Service has started a recall " + _FROM),
+    (RECALL_COMPLETED, "Service", "info", "Service has completed a recall " + _FROM + ", {detail}"),
+    (RECALL_COMPONENT_FAILED, "Service", "warning",
+     "Service has failed connection to the recall component. {reason}"),
+    (ARCHIVE_ABORTED, "Service", "warning", "Service has aborted the archive operation."),
+    (RECALL_ABORTED, "Service", "warning", "Service has aborted the archive recall operation."),
+    (VERIFY_FINISHED_WITH_ERRORS, "Service", "warning", "Verification has finished with errors. {detail}"),
+    (ARCHIVE_NOT_SUPPORTED, "Service", "warning", "Archive feature is not supported on volume {volume}."),
+    (ARCHIVE_PREVIEW_STARTED, "Service", "info", "Service has started an archive preview " + _TO),
+    (ARCHIVE_PREVIEW_COMPLETED, "Service", "info", "Service has completed an archive preview " + _TO),
+    (ARCHIVE_PREVIEW_ABORTED, "Service", "warning", "Service has aborted the archive preview operation."),
+)
+
+_TWINVAULT_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
+    (LOGIN_FAILED, "Security", "warning", "Login failed for user {user} from {peer}"),
+    (MALFORMED_FRAME, "Protocol", "warning", "Malformed frame from {peer}: {reason}; connection dropped"),
+    (CAPTURE_FELL_BACK_TO_INOTIFY, "Capture", "warning", "Change capture fell back to inotify: {reason}"),
+    (CAPTURE_LOST_EVENTS, "Capture", "warning",
+     "Change capture lost events ({reason}); running a difference mirror"),
+    (ORPHANS_FOUND, "Repository", "info", "Orphan files on the repository for {job}: {count} ({action})"),
+    (IMAGE_MISMATCH, "Repository", "warning",
+     "Repository image for {job} does not match the source: {count} differences"),
+    (PEER_REJECTED, "Security", "warning", "Peer {peer} rejected: {reason}"),
+)
+
+EVENT_CATALOG: Final[dict[int, EventSpec]] = {
+    entry[0]: EventSpec(*entry) for entry in (*_GUIDE_EVENTS, *_TWINVAULT_EVENTS)
+}
+
+
+class _KeepMissing(dict[str, FieldValue]):
+    """Format mapping that leaves `{name}` in place when the caller did not supply `name`."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def format_template(template: str, fields: dict[str, FieldValue]) -> str:
+    """Fill a catalog template; a missing field stays as its placeholder instead of failing."""
+    try:
+        return template.format_map(_KeepMissing(fields))
+    except (ValueError, IndexError, AttributeError) as exc:
+        # Only a malformed template gets here; an event is still worth recording.
+        _log.warning("cannot format event template %r: %s", template, exc)
+        return template
+
+
+@dataclass(frozen=True)
+class Event:
+    """One recorded event: catalog ID, when (epoch seconds), severity, category, text, fields."""
+
+    id: int
+    time: float
+    severity: Severity
+    category: str
+    message: str
+    fields: dict[str, FieldValue] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the event as a JSON-ready dict (the API's and the log file's shape)."""
+        return {
+            "id": self.id,
+            "time": self.time,
+            "severity": self.severity,
+            "category": self.category,
+            "message": self.message,
+            "fields": dict(self.fields),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Event:
+        """Rebuild an event from `to_json()` output; raises ValueError when it is not one."""
+        try:
+            severity = document["severity"]
+            if severity not in SEVERITIES:
+                raise ValueError(f"unknown severity {severity!r}")
+            fields = document.get("fields", {})
+            if not isinstance(fields, dict):
+                raise ValueError("fields is not an object")
+            return cls(
+                id=int(document["id"]),
+                time=float(document["time"]),
+                severity=cast(Severity, severity),
+                category=str(document["category"]),
+                message=str(document["message"]),
+                fields=_json_fields(fields),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an event: {document!r}") from exc
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventLog:
+    """A host's event log: `events.log` in `directory`, rotated to `events.log.1` ... `.N`.
+
+    Each event is one JSON line (`{"v": 1, ...Event.to_json()}`), flushed to the OS as it is
+    written but not fsynced: events are diagnostics, and a process crash loses nothing
+    flushed. A line torn by a crash or a full disk is skipped by `read()` and terminated
+    before the next append, so it never swallows the event after it. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 10 * 1024 * 1024,
+        backups: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / LOG_NAME
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._subscribers: list[Subscriber] = []
+
+    def emit(self, event_id: int, **fields: FieldValue) -> Event:
+        """Record event `event_id` with the template's fields; return the recorded event.
+
+        An unknown ID is a programming error (TwinvaultError INVALID_ARGUMENT). A failure to
+        write the file is logged, not raised: reporting an event must not break the caller.
+        """
+        spec = EVENT_CATALOG.get(event_id)
+        if spec is None:
+            raise TwinvaultError(INVALID_ARGUMENT, f"unknown event id {event_id}")
+        values = _json_fields(fields)
+        event = Event(
+            id=spec.id,
+            time=self._clock(),
+            severity=spec.severity,
+            category=spec.category,
+            message=format_template(spec.template, values),
+            fields=values,
+        )
+        line = (json.dumps({"v": FORMAT_VERSION, **event.to_json()}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            try:
+                self._append(line)
+            except OSError:
+                _log.exception("cannot write event %d to %s", event.id, self.path)
+                self._close_file()
+            subscribers = list(self._subscribers)
+        _log.log(_LOG_LEVELS[event.severity], "%d %s", event.id, event.message, extra={"event_id": event.id})
+        # Outside the lock, so a subscriber may emit events itself.
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:
+                _log.exception("event subscriber %r failed on event %d", callback, event.id)
+        return event
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback` with every event emitted from now on; returns an unsubscribe function.
+
+        Callbacks run on the emitting thread after the event is written; a callback that
+        raises is logged and does not affect the others.
+        """
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def read(
+        self, since: float | None = None, severity: str | None = None, limit: int | None = None
+    ) -> list[Event]:
+        """Return recorded events, oldest first, from the rotated files and the current one.
+
+        `since`: only events at or after this epoch time. `severity`: only events of exactly
+        that severity (`error` does not include warnings). `limit`: only the newest `limit`
+        of the matching events. Unparseable lines (a torn last line) are skipped.
+        """
+        if severity is not None and severity not in SEVERITIES:
+            raise TwinvaultError(INVALID_ARGUMENT, f"severity must be one of {', '.join(SEVERITIES)}")
+        if limit is not None and limit < 0:
+            raise TwinvaultError(INVALID_ARGUMENT, "limit must not be negative")
+        # Open every file under the lock so a rotation cannot shift names between opens;
+        # the open handles then read a consistent set without holding up writers.
+        handles: list[IO[bytes]] = []
+        with self._lock:
+            for path in self._paths_oldest_first():
+                try:
+                    handles.append(path.open("rb"))
+                except FileNotFoundError:
+                    continue
+        events: list[Event] = []
+        for handle in handles:
+            with handle:
+                for raw in handle:
+                    event = _parse_line(raw)
+                    if event is None:
+                        continue
+                    if since is not None and event.time < since:
+                        continue
+                    if severity is not None and event.severity != severity:
+                        continue
+                    events.append(event)
+        if limit is not None:
+            events = events[len(events) - limit :] if limit else []
+        return events
+
+    def close(self) -> None:
+        """Close the log file; a later `emit` reopens it."""
+        with self._lock:
+            self._close_file()
+
+    def _paths_oldest_first(self) -> list[Path]:
+        backups = [self.path.with_name(f"{LOG_NAME}.{n}") for n in range(self._backups, 0, -1)]
+        return [*backups, self.path]
+
+    def _append(self, line: bytes) -> None:
+        if self._file is None:
+            self._open()
+        if self._size > 0 and self._size + len(line) > self._max_bytes:
+            self._rotate()
+            self._open()
+        assert self._file is not None
+        self._file.write(line)
+        self._file.flush()
+        self._size += len(line)
+
+    def _open(self) -> None:
+        handle = self.path.open("ab")
+        size = handle.tell()
+        if size > 0:
+            # A torn last line (crash mid-write) must not absorb the next event.
+            with self.path.open("rb") as reader:
+                reader.seek(size - 1)
+                if reader.read(1) != b"\n":
+                    handle.write(b"\n")
+                    handle.flush()
+                    size += 1
+        self._file = handle
+        self._size = size
+
+    def _rotate(self) -> None:
+        self._close_file()
+        if self._backups <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        # Each rename replaces its destination, so the oldest backup drops out by itself.
+        for n in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{LOG_NAME}.{n}")
+            if older.exists():
+                older.rename(self.path.with_name(f"{LOG_NAME}.{n + 1}"))
+        self.path.rename(self.path.with_name(f"{LOG_NAME}.1"))
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                _log.exception("cannot close %s", self.path)
+            self._file = None
+            self._size = 0
+
+
+def _json_fields(fields: dict[Any, Any]) -> dict[str, FieldValue]:
+    """Event fields as JSON scalars: a non-scalar value (a Path, say) is kept as its text."""
+    return {str(k): v if isinstance(v, str | int | float) else str(v) for k, v in fields.items()}
+
+
+def _parse_line(raw: bytes) -> Event | None:
+    """Parse one log line; None for a blank, torn or foreign line."""
+    if not raw.strip():
+        return None
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict):
+            return None
+        return Event.from_json(document)
+    except ValueError:
+        return None

@@ -1,0 +1,502 @@
+"""The applier: turns the op stream into changes of a live image, one op at a time.
+
+Protection (source -> repository) and recovery (repository -> recovery server) use
+this same code. Each op is atomic on disk: file bodies are built in a temporary file
+beside their final name and renamed over it with their metadata already set, so a
+reader of the image (or a crash) sees the old version or the new one, never a mix.
+Writes use explicit offsets (``pwrite``) so that retrying a frame after a failure
+(disk full, access denied) is idempotent.
+
+Failures are retried with the seed's events (4110/4111/4112/4113, 4120 on success
+after retries, 4150 when the retry limit discards the op). Runs in a worker thread;
+``stop`` interrupts a retry wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+from twinvault import fsmeta
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol import messages as m
+from twinvault.repository.image_index import ChunkPiece, ImageIndex, unpack_pieces
+from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., Any]
+
+
+class NeedData(Exception):
+    """The op referred to bytes the repository does not hold: the source must resend."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    seq: int
+    status: str  # "ok" | "need" | "failed" | "skipped"
+    path: bytes = b""
+    code: int = 0
+    message: str = ""
+    bytes_written: int = 0
+
+
+@dataclass(slots=True)
+class _FileTransfer:
+    seq: int
+    path: bytes
+    size: int
+    base: bytes
+    dir_fd: int
+    name: bytes
+    temp_name: bytes
+    fd: int
+    offset: int = 0
+    pieces: list[ChunkPiece] = field(default_factory=list)
+    failed: bool = False
+    old_pieces: list[ChunkPiece] | None = None
+    parent_times: tuple[int, int] = (0, 0)
+
+
+_RETRY_EVENTS = {
+    errno.ENOSPC: ev.TARGET_DISK_FULL,
+    errno.EDQUOT: ev.TARGET_DISK_FULL,
+    errno.ETXTBSY: ev.TARGET_SHARING,
+    errno.EBUSY: ev.TARGET_SHARING,
+    errno.EACCES: ev.TARGET_ACCESS_DENIED,
+    errno.EPERM: ev.TARGET_ACCESS_DENIED,
+    errno.EROFS: ev.TARGET_ACCESS_DENIED,
+}
+
+
+class Applier:
+    def __init__(
+        self,
+        tree: ImageTree,
+        index: ImageIndex,
+        emit: Emit,
+        *,
+        retry_limit: int = 10,
+        retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
+    ) -> None:
+        self.tree = tree
+        self.index = index
+        self._emit = emit
+        self.retry_limit = retry_limit  # -1 = forever, as the seed's TGExecutionRetryLimit
+        self._delays = retry_delays
+        self._stopping = threading.Event()
+        self._xfer: _FileTransfer | None = None
+        self.retrying = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def abort_transfer(self) -> None:
+        """Discard a half-received file (the connection ended mid-file)."""
+        if self._xfer is not None:
+            self._discard_temp(self._xfer)
+            self._xfer = None
+
+    # -- entry point -------------------------------------------------------------
+
+    def apply(self, message: list[Any]) -> Outcome | None:
+        """Apply one op frame. Returns an outcome at op boundaries, None inside a file."""
+        kind, seq = message[0], int(message[1])
+        attempt = 0
+        first_error: OSError | None = None
+        while True:
+            try:
+                outcome = self._apply_once(kind, seq, message)
+            except NeedData as exc:
+                self.abort_transfer()
+                return Outcome(seq, "need", os.fsencode(str(exc)))
+            except OSError as exc:
+                attempt += 1
+                if first_error is None:
+                    first_error = exc
+                    self._emit(
+                        _RETRY_EVENTS.get(exc.errno or 0, ev.TARGET_UNKNOWN_WRITE_ERROR),
+                        path=self._describe(message),
+                        retries="forever" if self.retry_limit < 0 else self.retry_limit,
+                        error=exc.strerror or str(exc),
+                    )
+                if 0 <= self.retry_limit < attempt or self._stopping.is_set():
+                    return self._discard(kind, seq, message, exc, attempt - 1)
+                self.retrying = True
+                delay = self._delays[min(attempt - 1, len(self._delays) - 1)]
+                if self._stopping.wait(delay):
+                    return self._discard(kind, seq, message, exc, attempt - 1)
+                continue
+            self.retrying = False
+            if first_error is not None:
+                self._emit(ev.TARGET_WRITE_RETRIED_OK, path=self._describe(message), retries=attempt)
+            return outcome
+
+    def _discard(self, kind: str, seq: int, message: list[Any], exc: OSError, retries: int) -> Outcome:
+        self.retrying = False
+        path = self._describe(message)
+        self._emit(ev.TARGET_WRITE_DISCARDED, path=path, retries=retries)
+        if self._xfer is not None:
+            # The rest of this file's frames will be dropped until its fend.
+            self._xfer.failed = True
+            self._discard_temp(self._xfer, keep_state=True)
+        code = -173 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else -1
+        return Outcome(seq, "failed", os.fsencode(path), code, exc.strerror or str(exc))
+
+    def _describe(self, message: list[Any]) -> str:
+        if message[0] in (m.FDATA, m.FEND) and self._xfer is not None:
+            return os.fsdecode(self._xfer.path)
+        if len(message) > 2 and isinstance(message[2], bytes):
+            return os.fsdecode(message[2])
+        return f"op {message[1]}"
+
+    def _apply_once(self, kind: str, seq: int, msg: list[Any]) -> Outcome | None:
+        if kind == m.FILE:
+            if self._xfer is None or self._xfer.seq != seq:
+                self._file_begin(seq, msg[2], int(msg[3]), msg[4])
+            self._file_data(msg[5])
+            return self._file_end(seq, fsmeta.Meta.from_wire(msg[6]))
+        if kind == m.FBEGIN:
+            self._file_begin(seq, msg[2], int(msg[3]), msg[4])
+            return None
+        if kind == m.FDATA:
+            self._file_data(msg[2])
+            return None
+        if kind == m.FEND:
+            return self._file_end(seq, fsmeta.Meta.from_wire(msg[2]))
+        if kind == m.MARK:
+            return Outcome(seq, "ok")
+        handler = self._SIMPLE.get(kind)
+        if handler is None:
+            raise TwinvaultError(-1007, f"unknown op kind {kind!r}")
+        return handler(self, seq, msg)
+
+    # -- simple ops ----------------------------------------------------------------
+
+    def _mkdir(self, seq: int, msg: list[Any]) -> Outcome:
+        path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
+        if path == b"/":
+            fsmeta.apply_meta(os.fsdecode(self.tree.real_path(b"")), meta)
+            return Outcome(seq, "ok", path)
+        dir_fd, name = self.tree.parent(path, create=True)
+        with _ParentTimes(dir_fd):
+            try:
+                st = os.lstat(name, dir_fd=dir_fd)
+                if not stat.S_ISDIR(st.st_mode):
+                    self._remove(dir_fd, name, path)
+                    os.mkdir(name, 0o700, dir_fd=dir_fd)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+        fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(dir_fd, name)), meta)
+        return Outcome(seq, "ok", path)
+
+    def _meta(self, seq: int, msg: list[Any]) -> Outcome:
+        path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
+        dir_fd, name = self.tree.parent(path, create=False) if path != b"/" else (-1, b"")
+        target = self.tree.real_path(b"") if path == b"/" else self.tree.proc_path(dir_fd, name)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError as exc:
+            raise NeedData(os.fsdecode(path)) from exc
+        if _kind_of(st.st_mode) != meta.kind or (meta.kind == "file" and st.st_size != meta.size):
+            raise NeedData(os.fsdecode(path))
+        fsmeta.apply_meta(os.fsdecode(target), meta)
+        if meta.kind == "file":
+            self.index.update_mtime(path, meta.mtime_ns)
+        return Outcome(seq, "ok", path)
+
+    def _symlink(self, seq: int, msg: list[Any]) -> Outcome:
+        path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
+        dir_fd, name = self.tree.parent(path, create=True)
+        temp = self._temp_name()
+        with _ParentTimes(dir_fd):
+            os.symlink(os.fsencode(meta.symlink_target), temp, dir_fd=dir_fd)
+            fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(dir_fd, temp)), meta)
+            self._replace(dir_fd, temp, name, path)
+        return Outcome(seq, "ok", path)
+
+    def _special(self, seq: int, msg: list[Any]) -> Outcome:
+        path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
+        dir_fd, name = self.tree.parent(path, create=True)
+        temp = self._temp_name()
+        temp_path = os.fsdecode(self.tree.proc_path(dir_fd, temp))
+        with _ParentTimes(dir_fd):
+            fsmeta.create_special(temp_path, meta)
+            fsmeta.apply_meta(temp_path, meta)
+            self._replace(dir_fd, temp, name, path)
+        return Outcome(seq, "ok", path)
+
+    def _link(self, seq: int, msg: list[Any]) -> Outcome:
+        path, existing = msg[2], msg[3]
+        src_fd, src_name = self.tree.parent(existing, create=False)
+        dir_fd, name = self.tree.parent(path, create=True)
+        temp = self._temp_name()
+        with _ParentTimes(dir_fd):
+            try:
+                os.link(src_name, temp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError as exc:
+                raise NeedData(os.fsdecode(path)) from exc
+            self._replace(dir_fd, temp, name, path)
+        indexed = self.index.file(existing)
+        if indexed is not None:
+            self.index.record_file(path, indexed.size, indexed.mtime_ns, unpack_pieces(indexed.pieces_blob))
+        return Outcome(seq, "ok", path)
+
+    def _delete(self, seq: int, msg: list[Any]) -> Outcome:
+        path = msg[2]
+        try:
+            dir_fd, name = self.tree.parent(path, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return Outcome(seq, "ok", path)
+        with _ParentTimes(dir_fd):
+            self._remove(dir_fd, name, path)
+        return Outcome(seq, "ok", path)
+
+    def _rename(self, seq: int, msg: list[Any]) -> Outcome:
+        old, new = msg[2], msg[3]
+        try:
+            old_fd, old_name = self.tree.parent(old, create=False)
+            os.lstat(old_name, dir_fd=old_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return Outcome(seq, "skipped", old)  # the source sends the new name's content anyway
+        new_fd, new_name = self.tree.parent(new, create=True)
+        with _ParentTimes(old_fd), _ParentTimes(new_fd):
+            try:
+                os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                    raise
+                self._remove(new_fd, new_name, new)
+                os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        self.tree.invalidate(old)
+        self.tree.invalidate(new)
+        self.index.move(old, new)
+        return Outcome(seq, "ok", new)
+
+    _SIMPLE: dict[str, Callable[[Applier, int, list[Any]], Outcome]] = {
+        m.MKDIR: _mkdir,
+        m.META: _meta,
+        m.SYMLINK: _symlink,
+        m.SPECIAL: _special,
+        m.LINK: _link,
+        m.DELETE: _delete,
+        m.RENAME: _rename,
+    }
+
+    # -- file bodies -------------------------------------------------------------------
+
+    def _file_begin(self, seq: int, path: bytes, size: int, base: bytes) -> None:
+        if self._xfer is not None and self._xfer.seq == seq:
+            return  # a retried fbegin: the temp file already exists
+        self.abort_transfer()
+        dir_fd, name = self.tree.parent(path, create=True)
+        temp = self._temp_name()
+        times = _times_of(dir_fd)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        self._xfer = _FileTransfer(seq, path, size, base, dir_fd, name, temp, fd, parent_times=times)
+
+    def _file_data(self, segments: list[list[Any]]) -> None:
+        x = self._xfer
+        if x is None:
+            raise TwinvaultError(-1007, "file data without a file")
+        if x.failed:
+            return
+        offset, pieces = x.offset, []
+        for seg in segments:
+            tag = seg[0]
+            if tag == m.SEG_DATA:
+                digest, data = seg[1], seg[2]
+                _pwrite_all(x.fd, data, offset)
+                pieces.append(ChunkPiece(digest, offset, len(data)))
+                offset += len(data)
+            elif tag == m.SEG_HOLE:
+                offset += int(seg[1])
+            elif tag == m.SEG_REF:
+                digest, length = seg[1], int(seg[2])
+                self._copy_chunk(x, digest, length, offset)
+                pieces.append(ChunkPiece(digest, offset, length))
+                offset += length
+            elif tag == m.SEG_RUN:
+                for piece in self._old_run(x, int(seg[1]), int(seg[2])):
+                    self._copy_range(x, x.path, piece.offset, piece.length, offset)
+                    pieces.append(ChunkPiece(piece.digest, offset, piece.length))
+                    offset += piece.length
+            else:
+                raise TwinvaultError(-1007, f"unknown segment tag {tag!r}")
+        # Only advance once the whole frame is written: a retry rewrites it at the same offsets.
+        x.offset = offset
+        x.pieces.extend(pieces)
+
+    def _old_run(self, x: _FileTransfer, first: int, count: int) -> list[ChunkPiece]:
+        if x.old_pieces is None:
+            indexed = self._current_file(x.path)
+            if indexed is None or blake3.blake3(_digests(indexed)).digest() != x.base:
+                raise NeedData(os.fsdecode(x.path))
+            x.old_pieces = indexed
+        if first < 0 or first + count > len(x.old_pieces):
+            raise NeedData(os.fsdecode(x.path))
+        return x.old_pieces[first : first + count]
+
+    def _current_file(self, path: bytes) -> list[ChunkPiece] | None:
+        """The index entry of ``path`` if it still describes the file on disk."""
+        indexed = self.index.file(path)
+        if indexed is None:
+            return None
+        try:
+            dir_fd, name = self.tree.parent(path, create=False)
+            st = os.lstat(name, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != indexed.size or st.st_mtime_ns != indexed.mtime_ns:
+            return None
+        return unpack_pieces(indexed.pieces_blob)
+
+    def _copy_chunk(self, x: _FileTransfer, digest: bytes, length: int, dst_offset: int) -> None:
+        location = self.index.location(digest)
+        if location is None:
+            raise NeedData(os.fsdecode(x.path))
+        path, offset, loc_length = location
+        current = self._current_file(path)
+        if current is None or loc_length != length or ChunkPiece(digest, offset, length) not in current:
+            raise NeedData(os.fsdecode(x.path))
+        self._copy_range(x, path, offset, length, dst_offset)
+
+    def _copy_range(self, x: _FileTransfer, src: bytes, src_offset: int, length: int, dst_offset: int) -> None:
+        try:
+            src_dir, src_name = self.tree.parent(src, create=False)
+            src_fd = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NeedData(os.fsdecode(x.path)) from exc
+        try:
+            done = 0
+            while done < length:
+                n = os.copy_file_range(src_fd, x.fd, length - done, src_offset + done, dst_offset + done)
+                if n == 0:
+                    raise NeedData(os.fsdecode(x.path))  # the source file shrank under us
+                done += n
+        finally:
+            os.close(src_fd)
+
+    def _file_end(self, seq: int, meta: fsmeta.Meta) -> Outcome:
+        x = self._xfer
+        if x is None:
+            raise TwinvaultError(-1007, "file end without a file")
+        if x.failed:
+            self._xfer = None
+            return Outcome(seq, "failed", x.path, -1, "discarded after the retry limit")
+        os.ftruncate(x.fd, meta.size)
+        fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(x.dir_fd, x.temp_name)), meta, fd=x.fd)
+        self._replace(x.dir_fd, x.temp_name, x.name, x.path)
+        _restore_times(x.dir_fd, x.parent_times)
+        os.close(x.fd)
+        self._xfer = None
+        self.index.record_file(x.path, meta.size, meta.mtime_ns, x.pieces)
+        return Outcome(seq, "ok", x.path, bytes_written=x.offset)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _temp_name() -> bytes:
+        return (TEMP_PREFIX + uuid.uuid4().hex).encode()
+
+    def _replace(self, dir_fd: int, temp: bytes, name: bytes, path: bytes) -> None:
+        """Atomically put ``temp`` at ``name``; a directory in the way is removed first."""
+        with _ParentTimes(dir_fd):
+            try:
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except IsADirectoryError:
+                self._remove(dir_fd, name, path)
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.tree.invalidate(path)
+
+    def _remove(self, dir_fd: int, name: bytes, path: bytes) -> None:
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.tree.invalidate(path)
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+        self.index.forget(path)
+
+    def _discard_temp(self, x: _FileTransfer, keep_state: bool = False) -> None:
+        if x.fd >= 0:
+            os.close(x.fd)
+            x.fd = -1
+        try:
+            os.unlink(x.temp_name, dir_fd=x.dir_fd)
+        except OSError:
+            log.warning("could not remove temporary %r", x.temp_name)
+        if not keep_state:
+            self._xfer = None
+
+
+def _digests(pieces: list[ChunkPiece]) -> bytes:
+    return b"".join(p.digest for p in pieces)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "chr"
+    if stat.S_ISBLK(mode):
+        return "blk"
+    return "sock"
+
+
+def _times_of(dir_fd: int) -> tuple[int, int]:
+    st = os.fstat(dir_fd)
+    return (st.st_atime_ns, st.st_mtime_ns)
+
+
+def _restore_times(dir_fd: int, times: tuple[int, int]) -> None:
+    os.utime(f"/proc/self/fd/{dir_fd}", ns=times)
+
+
+class _ParentTimes:
+    """Keep a directory's times across an entry change: its own meta op sets them.
+
+    Why: the source's directory times are replicated by that directory's own op; the
+    entries the applier creates, renames and removes (temporaries included) must not
+    leave the repository's times newer than the source's.
+    """
+
+    def __init__(self, dir_fd: int) -> None:
+        self._fd = dir_fd
+        self._times: tuple[int, int] | None = None
+
+    def __enter__(self) -> None:
+        self._times = _times_of(self._fd)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._times is not None:
+            _restore_times(self._fd, self._times)

@@ -1,0 +1,118 @@
+"""The repository's manifest of an image: what it holds under a job's selection.
+
+The walk of the image is the truth (names, kinds, sizes, times, modes, owners);
+chunk digests come from the image index when its entry still matches the file, or,
+for a checksum mirror, from reading the file itself. Stale temporary files of an
+interrupted transfer are removed on the way, so nothing a crash leaves behind needs
+a human.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+from twinvault.repository.image_index import ImageIndex, digests_of
+from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
+from twinvault.source.chunker import file_digests
+
+BATCH = 2000
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISCHR, "chr"),
+        (stat.S_ISBLK, "blk"),
+    ):
+        if test(mode):
+            return name
+    return "sock"
+
+
+def manifest_batches(
+    tree: ImageTree, index: ImageIndex, roots: list[bytes], *, checksum: bool
+) -> Iterator[list[list[Any]]]:
+    """Entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests]`` in batches."""
+    batch: list[list[Any]] = []
+    base = os.fsencode(tree.root)
+    ancestors: set[bytes] = set()
+    for root in roots:
+        parent = os.path.dirname(root)
+        while parent not in ancestors:
+            ancestors.add(parent)
+            if parent == b"/":
+                break
+            parent = os.path.dirname(parent)
+    for path in sorted(ancestors):
+        entry = _entry(base, path, None, index, checksum)
+        if entry is not None:
+            batch.append(entry)
+    for root in roots:
+        indexed = index.files_under(root)
+        stack = [root]
+        first = _entry(base, root, indexed, index, checksum)
+        if first is None:
+            continue
+        batch.append(first)
+        if first[1] != "dir":
+            continue
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(base + directory) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            for e in entries:
+                name = e.name
+                if name.startswith(TEMP_PREFIX.encode()):
+                    try:
+                        os.unlink(e.path)
+                    except OSError:
+                        pass
+                    continue
+                path = directory.rstrip(b"/") + b"/" + name
+                entry = _entry(base, path, indexed, index, checksum, e)
+                if entry is None:
+                    continue
+                batch.append(entry)
+                if entry[1] == "dir":
+                    stack.append(path)
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+    yield batch
+
+
+def _entry(
+    base: bytes,
+    path: bytes,
+    indexed: dict[bytes, Any] | None,
+    index: ImageIndex,
+    checksum: bool,
+    dirent: os.DirEntry[bytes] | None = None,
+) -> list[Any] | None:
+    try:
+        st = dirent.stat(follow_symlinks=False) if dirent is not None else os.lstat(base + path)
+    except OSError:
+        return None
+    kind = _kind(st.st_mode)
+    digests = b""
+    if kind == "file":
+        if checksum:
+            try:
+                digests, _ = file_digests(os.fsdecode(base + path))
+            except OSError:
+                digests = b""
+        else:
+            known = indexed.get(path) if indexed is not None else index.file(path)
+            if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+                digests = digests_of(known.pieces_blob)
+    size = st.st_size if kind == "file" else 0
+    return [path, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, digests]

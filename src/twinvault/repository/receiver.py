@@ -1,0 +1,317 @@
+"""The repository end of a protection link: handshake, manifest, apply, acknowledge.
+
+One session per connected job. Frames are applied in order on the session's single
+applier thread while the next ones are being received (pipelining, bounded by
+``MAX_PENDING_BYTES``). Durability is a group commit: every ``ACK_INTERVAL`` the
+index is committed, the image's filesystem is synced (``syncfs``) and only then is
+the highest applied sequence number acknowledged. An ack therefore promises that
+the op survives a crash of the repository, daemon or machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol import messages as m
+from twinvault.protocol.link import Link
+from twinvault.repository.applier import Applier, Outcome
+from twinvault.repository.image_index import ImageIndex
+from twinvault.repository.image_tree import ImageTree
+from twinvault.repository.manifest import manifest_batches
+
+log = logging.getLogger(__name__)
+
+ACK_INTERVAL = 0.05
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+Emit = Callable[..., Any]
+
+
+@dataclass(slots=True)
+class ImageJob:
+    """The repository's record of one protection job writing into one image."""
+
+    job_id: str
+    source_name: str
+    image_name: str
+    image_root: str
+    token: str
+    created: float = 0.0
+    connected: bool = False
+    peer: str = ""
+    last_status: dict[str, Any] = field(default_factory=dict)
+    ops_applied: int = 0
+    bytes_received: int = 0
+    target_status: str = "Idle"
+    retrying: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "source_name": self.source_name, "image_name": self.image_name,
+            "image_root": self.image_root, "token": self.token, "created": self.created,
+        }
+
+
+class Session:
+    def __init__(self, job: ImageJob, link: Link, index_path: Path, emit: Emit, retry_limit: int, epoch: int) -> None:
+        self.job = job
+        self.link = link
+        self._emit = emit
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{job.job_id}")
+        self._loop = asyncio.get_running_loop()
+        self._index_path = index_path
+        self._retry_limit = retry_limit
+        self._epoch = epoch
+        self._pending: list[list[Any]] = []
+        self._pending_bytes = 0
+        self._has_work = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._applied_seq = 0
+        self._acked_seq = 0
+        self._skip_upto = 0
+        self.tree: ImageTree | None = None
+        self.index: ImageIndex | None = None
+        self.applier: Applier | None = None
+
+    async def run(self) -> None:
+        await self._in_thread(self._open)
+        tasks = [
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._apply_loop()),
+            asyncio.create_task(self._ack_loop()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            if self.applier is not None:
+                self.applier.stop()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._in_thread(self._close)
+            self._executor.shutdown(wait=False)
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return self._loop.run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> None:
+        self.tree = ImageTree(Path(self.job.image_root))
+        self.index = ImageIndex(self._index_path)
+        self.applier = Applier(self.tree, self.index, self._emit, retry_limit=self._retry_limit)
+        epoch, last = self.index.stream_position(self.job.job_id)
+        # Ops a reconnecting source resends that were already applied are skipped.
+        self._skip_upto = last if epoch == self._epoch else 0
+        self._applied_seq = self._acked_seq = self._skip_upto
+
+    def _close(self) -> None:
+        if self.applier is not None:
+            self.applier.abort_transfer()
+        if self.index is not None:
+            self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq)
+            self.index.close()
+        if self.tree is not None:
+            self.tree.close()
+
+    async def _receive(self) -> None:
+        while True:
+            msg = await self.link.recv()
+            kind = msg[0]
+            if kind in m.OP_KINDS:
+                if len(msg) < 2 or not isinstance(msg[1], int):
+                    raise TwinvaultError(-1007, f"{kind} without a sequence number")
+                if msg[1] <= self._skip_upto:
+                    continue
+                await self._room.wait()
+                self._pending.append(msg)
+                self._pending_bytes += _approx_size(msg)
+                if self._pending_bytes > MAX_PENDING_BYTES:
+                    self._room.clear()
+                self._has_work.set()
+            elif kind == m.MANIFEST_REQ:
+                self._pending.append(msg)
+                self._has_work.set()
+            elif kind == m.STATUS:
+                if isinstance(msg[1], dict):
+                    self.job.last_status = msg[1]
+            else:
+                raise TwinvaultError(-1007, f"unexpected {kind!r} from a source")
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._room.set()
+            if not batch:
+                continue
+            replies = await self._in_thread(self._apply_batch, batch)
+            for reply in replies:
+                await self.link.send(reply)
+            if replies:
+                await self.link.flush()
+
+    def _apply_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
+        assert self.applier is not None and self.tree is not None and self.index is not None
+        replies: list[list[Any]] = []
+        self.job.target_status = "Processing"
+        for msg in batch:
+            if msg[0] == m.MANIFEST_REQ:
+                roots = [r for r in msg[2] if isinstance(r, bytes)]
+                batches = list(manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3])))
+                for i, entries in enumerate(batches):
+                    replies.append([m.MANIFEST, msg[1], entries, i == len(batches) - 1])
+                continue
+            outcome = self.applier.apply(msg)
+            self.job.retrying = self.applier.retrying
+            if outcome is None:
+                continue
+            self._applied_seq = outcome.seq
+            self.job.ops_applied += 1
+            self.job.bytes_received += outcome.bytes_written
+            reply = _reply_for(outcome)
+            if reply is not None:
+                replies.append(reply)
+        return replies
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            seq = self._applied_seq
+            if seq <= self._acked_seq:
+                continue
+            await self._in_thread(self._commit, seq)
+            assert self.tree is not None
+            # syncfs covers the image files and the index's WAL when they share a
+            # filesystem; the index directory is synced separately when it does not.
+            await asyncio.to_thread(_sync_filesystems, self.tree.root, self._index_path)
+            self._acked_seq = seq
+            await self.link.send([m.ACK, seq])
+            await self.link.flush()
+
+    def _commit(self, seq: int) -> None:
+        assert self.index is not None
+        self.index.set_stream_position(self.job.job_id, self._epoch, seq)
+        self.index.commit()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): flush one filesystem (Python's os module has no binding)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _sync_filesystems(image_root: Path, index_path: Path) -> None:
+    # syncfs needs a real descriptor (an O_PATH one gives EBADF).
+    image_fd = os.open(image_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    index_fd = os.open(index_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs(image_fd)
+        if os.fstat(index_fd).st_dev != os.fstat(image_fd).st_dev:
+            syncfs(index_fd)
+    finally:
+        os.close(image_fd)
+        os.close(index_fd)
+
+
+def _reply_for(outcome: Outcome) -> list[Any] | None:
+    if outcome.status == "need":
+        return [m.NEED, outcome.seq, outcome.path]
+    if outcome.status == "failed":
+        return [m.APPLY_FAILED, outcome.seq, outcome.path, outcome.code, outcome.message]
+    return None
+
+
+def _approx_size(msg: list[Any]) -> int:
+    size = 64
+    for part in msg:
+        if isinstance(part, bytes):
+            size += len(part)
+        elif isinstance(part, list):
+            size += sum(len(s[2]) for s in part if isinstance(s, list) and len(s) > 2 and isinstance(s[2], bytes))
+    return size
+
+
+def authenticate(job: ImageJob | None, token: object) -> ImageJob:
+    if job is None or not isinstance(token, str) or not hmac.compare_digest(job.token, token):
+        raise TwinvaultError(-1009, "unknown job or wrong job credential")
+    return job
+
+
+def negotiate_version(hello: dict[str, Any]) -> int:
+    version = hello.get("version")
+    if hello.get("proto") != m.PROTOCOL_NAME or not isinstance(version, int):
+        raise TwinvaultError(-1007, "not a twinvault hello")
+    if version > m.PROTOCOL_VERSION or version < m.MIN_SUPPORTED_VERSION:
+        raise TwinvaultError(
+            -157, f"source speaks protocol {version}, this repository {m.MIN_SUPPORTED_VERSION}..{m.PROTOCOL_VERSION}"
+        )
+    return version
+
+
+async def serve_peer(
+    reader: Any,
+    writer: Any,
+    *,
+    find_job: Callable[[str], ImageJob | None],
+    index_path_for: Callable[[ImageJob], Path],
+    emit: Emit,
+    retry_limit: int,
+) -> None:
+    """Handle one peer connection from a source until it ends; never raises."""
+    link = Link(reader, writer)
+    job: ImageJob | None = None
+    try:
+        hello = await asyncio.wait_for(link.recv(), 15)
+        if hello[0] != m.HELLO or len(hello) < 2 or not isinstance(hello[1], dict):
+            raise TwinvaultError(-1007, "first frame is not a hello")
+        info = hello[1]
+        try:
+            version = negotiate_version(info)
+            job = authenticate(find_job(str(info.get("job", ""))), info.get("token"))
+        except TwinvaultError as exc:
+            emit(ev.PEER_REJECTED, peer=link.peer, reason=exc.message)
+            await link.send([m.REFUSE, exc.code, exc.message])
+            await link.flush()
+            return
+        if job.connected:
+            await link.send([m.REFUSE, -106, "Connection already established"])
+            await link.flush()
+            return
+        epoch = int(info.get("epoch", 0))
+        await link.send([m.WELCOME, {"version": version, "image_root": job.image_root, "epoch": epoch}])
+        await link.flush()
+        job.connected = True
+        job.peer = link.peer
+        job.target_status = "Processing"
+        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch)
+        await session.run()
+    except TwinvaultError as exc:
+        emit(ev.MALFORMED_FRAME, peer=link.peer, reason=exc.message)
+        with contextlib.suppress(Exception):
+            await link.send([m.REFUSE, exc.code, exc.message])
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+        log.info("peer %s: link ended (%s)", link.peer, exc)
+    finally:
+        if job is not None and job.peer == link.peer:
+            job.connected = False
+            job.target_status = "Idle"
+        await link.close()

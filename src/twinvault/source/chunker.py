@@ -1,0 +1,81 @@
+"""Content-defined chunking of one open file: FastCDC cuts, BLAKE3 names.
+
+The one place where file bytes become chunks, used by the reader (to send) and by
+the checksum mirror (to compare). Files are read with ``pread`` in windows, never
+mmapped: a file truncated under a mapping would kill the daemon with SIGBUS.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import blake3
+from pyfastcdc.cy import FastCDC
+
+from twinvault import fsmeta
+
+AVERAGE_CHUNK = 64 * 1024
+SMALL_FILE = 64 * 1024  # at or below this a file is one chunk, read in one call
+WINDOW = 16 * 1024 * 1024
+_CDC = FastCDC(avg_size=AVERAGE_CHUNK)
+
+# A piece is (digest, data) for a chunk or (None, hole_length) for a sparse hole.
+Piece = tuple[bytes, memoryview] | tuple[None, int]
+
+
+def iter_pieces(fd: int, size: int) -> Iterator[Piece]:
+    if size <= SMALL_FILE:
+        data = os.pread(fd, size, 0) if size else b""
+        if data:
+            yield blake3.blake3(data).digest(), memoryview(data)
+        return
+    position = 0
+    for start, length in fsmeta.data_extents(fd, size):
+        if start > position:
+            yield None, start - position
+        yield from _extent_chunks(fd, start, length)
+        position = start + length
+    if position < size:
+        yield None, size - position
+
+
+def _extent_chunks(fd: int, start: int, length: int) -> Iterator[Piece]:
+    # The last chunk of a window is cut by the window, not by content, so its
+    # bytes are carried into the next window and cut again.
+    carry = b""
+    offset, end = start, start + length
+    while True:
+        block = os.pread(fd, min(WINDOW, end - offset), offset) if offset < end else b""
+        offset += len(block)
+        at_end = offset >= end or not block
+        buf = carry + block if carry else block
+        if not buf:
+            return
+        view = memoryview(buf)
+        chunks = list(_CDC.cut_buf(view))
+        carry = b""
+        if not at_end and len(chunks) > 1:
+            last = chunks.pop()
+            carry = bytes(view[last.offset :])
+        for chunk in chunks:
+            piece = view[chunk.offset : chunk.offset + chunk.length]
+            yield blake3.blake3(piece).digest(), piece
+        if at_end:
+            return
+
+
+def file_digests(path: str) -> tuple[bytes, int]:
+    """The concatenated chunk digests of a file and the bytes read (checksum mirror)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        out: list[bytes] = []
+        read = 0
+        for digest, data in iter_pieces(fd, size):
+            if digest is not None:
+                out.append(digest)
+                read += len(data)  # type: ignore[arg-type]
+        return b"".join(out), read
+    finally:
+        os.close(fd)

@@ -1,0 +1,577 @@
+"""A protection job on its source: capture, mirror, read, queue, send; and its status.
+
+Lifecycle (the seed's): connect -> difference mirror (Calculating, Mirroring) ->
+replication (Replicating) with the mirror Idle. Any disconnect -> the source keeps
+capturing and queueing, reconnects with backoff (events 4009/4010) and runs a
+difference mirror, because capture is a hint and the mirror is the truth. A queue
+that fills up auto-disconnects (4007/4008) and drops its content: the next mirror
+finds everything it held.
+
+Threads: the event loop runs capture, the link and timers; one reader thread turns
+the change set into ops (file I/O, chunking, hashing never run on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol import messages as m
+from twinvault.protocol.link import Link
+from twinvault.protocol.tls import check_pinned, client_context
+from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
+from twinvault.source.changeset import Barrier, ChangeSet
+from twinvault.source.mirror import MirrorPlan, plan_mirror
+from twinvault.source.opstream import OpStream
+from twinvault.source.queue import OpQueue, QueueExhausted, QueueLimits
+from twinvault.source.reader import Reader
+from twinvault.source.remote_view import RemoteEntry, RemoteView
+from twinvault.source.selection import Selection
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., Any]
+RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+MIRROR_MARK = "mirror-complete"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What the console asked for; persisted as the job's file on the source."""
+
+    job_id: str
+    source_name: str
+    repository_name: str
+    repository_address: str
+    repository_peer_port: int
+    repository_fingerprint: str
+    token: str
+    roots: tuple[str, ...]
+    excludes: tuple[str, ...] = ()
+    image_location: str = ""
+    delete_orphans: bool = False
+    stopped: bool = False
+    job_type: str = "Data Protection"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> JobSpec:
+        raw = dict(raw)
+        raw["roots"] = tuple(raw["roots"])
+        raw["excludes"] = tuple(raw.get("excludes", ()))
+        return JobSpec(**raw)
+
+
+@dataclass(slots=True)
+class MirrorState:
+    status: str = "Idle"           # Calculating | Mirroring | Idle | Paused | Stopped
+    bytes_to_send: int = 0
+    bytes_sent: int = 0
+    skipped_bytes: int = 0
+    orphans: list[str] = field(default_factory=list)
+    started: float = 0.0
+    complete: bool = False        # the last mirror finished and was acknowledged
+    mark_seq: int = 0
+
+
+class ProtectionJob:
+    def __init__(
+        self,
+        spec: JobSpec,
+        queue_dir: Path,
+        queue_limits: QueueLimits,
+        emit: Emit,
+        *,
+        capture_method: str = "auto",
+    ) -> None:
+        self.spec = spec
+        self.selection = Selection(spec.roots, spec.excludes)
+        self._emit = emit
+        self._capture_method = capture_method
+        self.changes = ChangeSet()
+        self._wake_sender = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.queue = OpQueue(queue_dir / spec.job_id, queue_limits, notify=self._notify_sender)
+        self.stream = OpStream(self.queue, epoch=secrets.randbits(62))
+        self.view = RemoteView()
+        self.reader = Reader(self.selection, self.view, self.stream, self._mark_again, self._on_mark)
+        self.mirror = MirrorState()
+        self.replication_status = "Pending"
+        self.transmit_status = "Stopped"
+        self.target_status = "Unknown"
+        self.connected = False
+        self.capture_kind = ""
+        self.last_error: dict[str, Any] | None = None
+        self.failed_paths: list[str] = []
+        self.bytes_sent_mirror = 0
+        self.bytes_sent_replication = 0
+        self.wire_bytes_tx = 0
+        self._discarding = False
+        self._remirror = asyncio.Event()
+        self._checksum_next = False
+        self._verify_waiters: list[asyncio.Future[MirrorPlan]] = []
+        self._manifest_waiter: asyncio.Future[list[list[Any]]] | None = None
+        self._manifest_buffer: list[list[Any]] = []
+        self._stopping = threading.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reader_thread: threading.Thread | None = None
+        self._link: Link | None = None
+        self._throughput = _Rate()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._reader_thread = threading.Thread(target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True)
+        self._reader_thread.start()
+        self._tasks = [
+            asyncio.create_task(self._capture_loop(), name="capture"),
+            asyncio.create_task(self._connection_loop(), name="connection"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.changes.wake()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._reader_thread is not None:
+            await asyncio.to_thread(self._reader_thread.join, 10)
+        self.mirror.status = "Stopped"
+        self.replication_status = "Stopped"
+        self.transmit_status = "Stopped"
+        self.connected = False
+
+    def _fields(self) -> dict[str, Any]:
+        """The fields the seed's connection events name."""
+        return {
+            "target": self.spec.repository_name,
+            "address": self.spec.repository_address,
+            "replication_set": ",".join(self.spec.roots),
+            "job": self.spec.job_id,
+        }
+
+    def _notify_sender(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake_sender.set)
+
+    # -- capture -----------------------------------------------------------------
+
+    async def _capture_loop(self) -> None:
+        try:
+            capture = open_capture(list(self.selection.roots), self._capture_method)
+            await capture.start()
+        except CaptureUnavailable as exc:
+            if self._capture_method != "auto":
+                raise
+            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
+            capture = open_capture(list(self.selection.roots), "inotify")
+            await capture.start()
+        self.capture_kind = capture.method
+        if capture.method == "inotify" and self._capture_method == "auto":
+            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason="fanotify is not available here")
+        try:
+            while True:
+                for change in await capture.get_batch(1.0):
+                    self._on_change(change)
+        finally:
+            capture.close()
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind is ChangeKind.OVERFLOW:
+            self._emit(ev.CAPTURE_LOST_EVENTS, reason="event queue overflow")
+            self._remirror.set()
+            return
+        if change.kind is ChangeKind.RENAMED:
+            self.changes.barrier(Barrier("rename", change.path, change.new_path))
+            self.changes.mark(change.new_path)
+            self._mark_parent(change.path)
+            self._mark_parent(change.new_path)
+            return
+        if change.kind is ChangeKind.DELETED:
+            self.changes.barrier(Barrier("delete", change.path))
+            self._mark_parent(change.path)
+            return
+        if self.selection.excluded(change.path):
+            return
+        self.changes.mark(change.path)
+        self._mark_parent(change.path)
+
+    def _mark_parent(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if self.selection.contains(parent):
+            self.changes.mark(parent)
+
+    def _mark_again(self, path: str) -> None:
+        self.changes.mark(path)
+
+    # -- reader thread ------------------------------------------------------------
+
+    def _reader_loop(self) -> None:
+        while not self._stopping.is_set():
+            # Back-pressure while connected: coalescing in the change set beats queueing
+            # stale versions, and a mirror must not pile its bytes up in memory.
+            if self.connected and self.queue.memory_bytes > min(self.queue.limits.memory_max_bytes // 2, 64 << 20):
+                time.sleep(0.005)
+                continue
+            items = self.changes.take(256, 0.2)
+            for item in items:
+                if self._discarding:
+                    continue  # the queue overflowed: the next difference mirror re-finds it
+                try:
+                    self.reader.process(item)
+                except QueueExhausted as exc:
+                    self._discarding = True
+                    self._loop.call_soon_threadsafe(self._auto_disconnect, str(exc))
+                except TwinvaultError as exc:
+                    log.error("reader: %s", exc)
+                except OSError as exc:
+                    log.warning("reader: %s", exc)
+
+    def _on_mark(self, name: str, seq: int) -> None:
+        if name == MIRROR_MARK:
+            self.mirror.mark_seq = seq
+
+    def _auto_disconnect(self, reason: str) -> None:
+        self._emit(
+            ev.AUTO_DISCONNECT, **self._fields(), reason=reason,
+        )
+        self.queue.clear()
+        self.changes.clear()
+        if self._link is not None:
+            self._link.writer.close()
+        self._emit(
+            ev.AUTO_DISCONNECT_SUCCEEDED, **self._fields(),
+        )
+
+    # -- connection ------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        was_connected = False
+        while not self._stopping.is_set():
+            try:
+                link = await self._connect()
+            except (TimeoutError, OSError, TwinvaultError, asyncio.IncompleteReadError) as exc:
+                self.transmit_status = "Error"
+                self.target_status = "Unknown"
+                if isinstance(exc, TwinvaultError):
+                    self.last_error = exc.to_json()["error"]
+                    if exc.code in (-157,):
+                        self._emit(ev.PEER_REJECTED, peer=self.spec.repository_address, reason=exc.message)
+                if attempt == 0:
+                    self._emit(
+                        ev.AUTO_RECONNECTING, **self._fields(),
+                    )
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            if was_connected or attempt:
+                self._emit(
+                    ev.AUTO_RECONNECT_SUCCEEDED, **self._fields(),
+                )
+            attempt = 0
+            was_connected = True
+            self._emit(
+                ev.CONNECTED, **self._fields(),
+            )
+            try:
+                await self._session(link)
+            except (OSError, TwinvaultError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                log.info("link to %s ended: %s", self.spec.repository_address, exc)
+                if isinstance(exc, TwinvaultError):
+                    self.last_error = exc.to_json()["error"]
+            finally:
+                self._link = None
+                self.connected = False
+                self.transmit_status = "Error" if not self._stopping.is_set() else "Stopped"
+                self.replication_status = "Pending"
+                if self.mirror.status in ("Calculating", "Mirroring"):
+                    self.mirror.status = "Stopped"
+                self.mirror.complete = False
+                await link.close()
+                self._emit(
+                    ev.DISCONNECTED, **self._fields(),
+                )
+            if not self._stopping.is_set():
+                self._emit(
+                    ev.AUTO_RECONNECTING, **self._fields(),
+                )
+                await asyncio.sleep(RECONNECT_DELAYS[0])
+
+    async def _connect(self) -> Link:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.spec.repository_address, self.spec.repository_peer_port,
+                ssl=client_context(), server_hostname=self.spec.repository_name or None,
+                limit=64 * 1024 * 1024,
+            ),
+            timeout=10,
+        )
+        link = Link(reader, writer)
+        try:
+            check_pinned(writer.get_extra_info("ssl_object"), self.spec.repository_fingerprint)
+            await link.send([m.HELLO, {
+                "proto": m.PROTOCOL_NAME, "version": m.PROTOCOL_VERSION, "job": self.spec.job_id,
+                "token": self.spec.token, "source": self.spec.source_name, "epoch": self.stream.epoch,
+            }])
+            await link.flush()
+            reply = await asyncio.wait_for(link.recv(), 15)
+        except BaseException:
+            await link.close()
+            raise
+        if reply[0] == m.REFUSE:
+            await link.close()
+            raise TwinvaultError(int(reply[1]), str(reply[2]))
+        if reply[0] != m.WELCOME:
+            await link.close()
+            raise TwinvaultError(-1007, f"expected welcome, got {reply[0]!r}")
+        return link
+
+    async def _session(self, link: Link) -> None:
+        self._link = link
+        self.connected = True
+        self._discarding = False
+        self.transmit_status = "Transmitting"
+        self.target_status = "Processing"
+        self.last_error = None
+        self.queue.rewind()
+        receiver = asyncio.create_task(self._receive(link))
+        sender = asyncio.create_task(self._send(link))
+        try:
+            checksum = self._checksum_next
+            self._checksum_next = False
+            await self._run_mirror(link, checksum=checksum)
+            while True:
+                remirror = asyncio.create_task(self._remirror.wait())
+                done, _ = await asyncio.wait({receiver, sender, remirror}, return_when=asyncio.FIRST_COMPLETED)
+                if remirror in done:
+                    self._remirror.clear()
+                    checksum = self._checksum_next
+                    self._checksum_next = False
+                    await self._run_mirror(link, checksum=checksum)
+                    continue
+                remirror.cancel()
+                for task in done:
+                    task.result()  # raises the reason the link ended
+                return
+        finally:
+            for task in (receiver, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _run_mirror(self, link: Link, *, checksum: bool) -> None:
+        self.mirror = MirrorState(status="Calculating", started=time.time())
+        self.replication_status = "Replicating"
+        self._emit(ev.MIRROR_STARTED, **self._fields(),)
+        entries = await self._request_manifest(link, checksum)
+        view = RemoteView()
+        for e in entries:
+            view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        self.view = view
+        self.reader.view = view
+        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
+        for waiter in self._verify_waiters:
+            if not waiter.done():
+                waiter.set_result(plan)
+        self._verify_waiters = []
+        self.mirror.bytes_to_send = plan.bytes_to_send
+        self.mirror.skipped_bytes = plan.skipped_bytes
+        self.mirror.orphans = plan.orphans
+        self.mirror.status = "Mirroring"
+        if plan.orphans:
+            action = "deleting" if self.spec.delete_orphans else "reported, not deleted"
+            self._emit(ev.ORPHANS_FOUND, job=self.spec.job_id, count=len(plan.orphans), action=action)
+            if self.spec.delete_orphans:
+                for orphan in plan.orphans:
+                    self.changes.barrier(Barrier("delete", orphan))
+        self.changes.mark_many(plan.to_send, mirror=True)
+        self.changes.barrier(Barrier("mark", MIRROR_MARK))
+
+    async def _request_manifest(self, link: Link, checksum: bool) -> list[list[Any]]:
+        self._manifest_waiter = self._loop.create_future()
+        self._manifest_buffer = []
+        roots = [m.wire_path(r) for r in self.selection.roots]
+        await link.send([m.MANIFEST_REQ, 1, roots, checksum])
+        await link.flush()
+        return await self._manifest_waiter
+
+    async def _receive(self, link: Link) -> None:
+        while True:
+            msg = await link.recv()
+            kind = msg[0]
+            if kind == m.ACK:
+                seq = int(msg[1])
+                self.queue.acknowledge(seq)
+                if self.mirror.mark_seq and seq >= self.mirror.mark_seq and not self.mirror.complete:
+                    self.mirror.complete = True
+                    self.mirror.status = "Idle"
+                    self.mirror.bytes_sent = self.mirror.bytes_to_send
+                    self._emit(ev.MIRROR_COMPLETED, **self._fields(), detail="")
+            elif kind == m.MANIFEST:
+                self._manifest_buffer.extend(msg[2])
+                if msg[3] and self._manifest_waiter is not None and not self._manifest_waiter.done():
+                    self._manifest_waiter.set_result(self._manifest_buffer)
+            elif kind == m.NEED:
+                path = m.path_from_wire(msg[2])
+                self.view.needs_full(path)
+                self.changes.mark(path)
+            elif kind == m.APPLY_FAILED:
+                path = m.path_from_wire(msg[2])
+                self.failed_paths.append(path)
+                self.last_error = {"code": int(msg[3]), "message": f"{path}: {msg[4]}"}
+            else:
+                raise TwinvaultError(-1007, f"unexpected {kind!r} from the repository")
+
+    async def _send(self, link: Link) -> None:
+        last_status = 0.0
+        while True:
+            item = self.queue.take()
+            if item is None:
+                await link.flush()
+                self._wake_sender.clear()
+                if self.queue.empty():
+                    try:
+                        await asyncio.wait_for(self._wake_sender.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                now = time.time()
+                if now - last_status > 2:
+                    last_status = now
+                    await link.send([m.STATUS, self.status()])
+                continue
+            await link.send_raw(item.frame)
+            self.wire_bytes_tx += len(item.frame)
+            if item.replication:
+                self.bytes_sent_replication += item.payload
+            else:
+                self.bytes_sent_mirror += item.payload
+                self.mirror.bytes_sent += item.payload
+            self._throughput.add(item.payload)
+
+    # -- console requests -------------------------------------------------------------
+
+    async def verify(self, *, checksum: bool, remirror: bool) -> MirrorPlan:
+        """Compare source and image now; with ``remirror`` send what differs."""
+        if not self.connected or self._link is None:
+            raise TwinvaultError(-107, f"job {self.spec.job_id} is not connected to its repository")
+        self._emit(ev.VERIFY_STARTED, **self._fields(),)
+        entries = await self._request_manifest(self._link, checksum)
+        view = RemoteView()
+        for e in entries:
+            view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
+        if remirror and (plan.to_send or plan.orphans):
+            self._checksum_next = checksum
+            self._remirror.set()
+        self._emit(ev.VERIFY_COMPLETED, **self._fields(),)
+        if plan.differences:
+            self._emit(ev.IMAGE_MISMATCH, job=self.spec.job_id, count=len(plan.differences))
+        return plan
+
+    def status(self) -> dict[str, Any]:
+        mirror = self.mirror
+        remaining = max(0, mirror.bytes_to_send - mirror.bytes_sent) if mirror.status == "Mirroring" else 0
+        if mirror.status == "Mirroring" and mirror.bytes_to_send:
+            percent = round(100.0 * min(mirror.bytes_sent, mirror.bytes_to_send) / mirror.bytes_to_send, 1)
+        else:
+            percent = 100.0 if mirror.complete else 0.0
+        rate = self._throughput.rate()
+        time_remaining = int(remaining / rate) if remaining and rate > 0 else 0
+        if self.spec.stopped:
+            status = "Stopped"
+        elif not self.connected:
+            status = "Communication Error" if self.transmit_status == "Error" else "Starting"
+        elif mirror.status in ("Calculating", "Mirroring"):
+            status = "Mirroring"
+        else:
+            status = "Protecting"
+        health = "ok"
+        if self.failed_paths or (not self.connected and not self.spec.stopped):
+            health = "error" if not self.connected else "warning"
+        elif mirror.orphans and not self.spec.delete_orphans:
+            health = "warning"
+        total = self.bytes_sent_mirror + self.bytes_sent_replication
+        return {
+            "id": self.spec.job_id,
+            "type": self.spec.job_type,
+            "status": status,
+            "health": health,
+            "source": self.spec.source_name,
+            "target": self.spec.repository_name,
+            "image_location": self.spec.image_location,
+            "selection": list(self.spec.roots),
+            "excludes": list(self.spec.excludes),
+            "percent_complete": percent,
+            "time_remaining_s": time_remaining,
+            "total_sent_bytes": total,
+            "total_sent_compressed_bytes": total,
+            "wire_bytes": self.wire_bytes_tx,
+            "transmit_status": self.transmit_status,
+            "target_status": self.target_status,
+            "recovery_available": bool(mirror.complete and self.connected),
+            "capture": self.capture_kind,
+            "mirror": {
+                "status": mirror.status,
+                "percent_complete": percent,
+                "remaining_bytes": remaining,
+                "skipped_bytes": mirror.skipped_bytes,
+                "orphans": len(mirror.orphans),
+                "orphan_paths": mirror.orphans[:100],
+            },
+            "replication": {
+                "status": self.replication_status,
+                "bytes_sent": self.bytes_sent_replication,
+                "bytes_sent_compressed": self.bytes_sent_replication,
+                "bytes_queued": self.queue.replication_bytes_queued + self.queue.inflight_bytes,
+                "disk_queue_bytes": self.queue.disk_bytes,
+                "pending_paths": len(self.changes),
+            },
+            "failed_paths": self.failed_paths[-100:],
+            "last_error": self.last_error,
+            "chunks": {
+                "bytes_read": self.reader.counters.bytes_read,
+                "bytes_new": self.reader.counters.bytes_new,
+                "bytes_deduplicated": self.reader.counters.bytes_deduplicated,
+            },
+        }
+
+
+class _Rate:
+    """Bytes per second over the last ~10 seconds (time remaining estimates)."""
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[float, int]] = []
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        if self._samples and now - self._samples[-1][0] < 0.25:
+            t, v = self._samples[-1]
+            self._samples[-1] = (t, v + n)
+        else:
+            self._samples.append((now, n))
+        while self._samples and now - self._samples[0][0] > 10:
+            self._samples.pop(0)
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        span = self._samples[-1][0] - self._samples[0][0]
+        return sum(v for _, v in self._samples) / span if span > 0 else 0.0

@@ -1,0 +1,147 @@
+"""The mirror: compares the source tree with the repository's manifest.
+
+One walk serves the initial mirror (empty manifest), the difference mirror (size,
+time, mode and owner) and the checksum mirror (chunk digests read on both sides).
+It decides; the reader sends. Bytes it finds equal are *skipped* (the seed's
+"Mirror skipped"). Entries the repository has under the selection and the source
+lacks are *orphans*.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from twinvault.source.chunker import file_digests
+from twinvault.source.remote_view import RemoteEntry, RemoteView
+from twinvault.source.selection import Selection
+
+
+@dataclass(slots=True)
+class MirrorPlan:
+    to_send: list[str] = field(default_factory=list)
+    bytes_to_send: int = 0
+    files_total: int = 0
+    bytes_total: int = 0
+    skipped_bytes: int = 0
+    orphans: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # for verify reports
+
+
+def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = False) -> MirrorPlan:
+    plan = MirrorPlan()
+    seen: set[str] = set()
+    for ancestor in selection.ancestors():
+        _compare(ancestor, view, plan, seen, checksum=False)
+    for root in selection.roots:
+        _walk(root, selection, view, plan, seen, checksum)
+    prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)
+    for path in view.entries:
+        if path in seen:
+            continue
+        if path in selection.roots or path.startswith(prefixes):
+            if not selection.excluded(path):
+                plan.orphans.append(path)
+    # Deleting a directory deletes what is under it: report the topmost orphans only.
+    plan.orphans.sort()
+    top: list[str] = []
+    for path in plan.orphans:
+        if not top or not path.startswith(top[-1].rstrip("/") + "/"):
+            top.append(path)
+    plan.orphans = top
+    return plan
+
+
+def _walk(root: str, selection: Selection, view: RemoteView, plan: MirrorPlan, seen: set[str], checksum: bool) -> None:
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return
+    _compare(root, view, plan, seen, checksum, st)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # vanished or unreadable; change capture or the next mirror catches up
+        subdirs = []
+        for entry in entries:
+            path = entry.path
+            if selection.excluded(path):
+                continue
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            _compare(path, view, plan, seen, checksum, est)
+            if stat.S_ISDIR(est.st_mode):
+                subdirs.append(path)
+        stack.extend(reversed(subdirs))
+
+
+def _compare(
+    path: str,
+    view: RemoteView,
+    plan: MirrorPlan,
+    seen: set[str],
+    checksum: bool,
+    st: os.stat_result | None = None,
+) -> None:
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+    seen.add(path)
+    remote = view.entries.get(path)
+    is_file = stat.S_ISREG(st.st_mode)
+    size = st.st_size if is_file else 0
+    if is_file:
+        plan.files_total += 1
+        plan.bytes_total += size
+    if remote is not None and _same(st, remote) and (not checksum or not is_file or _same_content(path, remote)):
+        plan.skipped_bytes += size
+        return
+    plan.to_send.append(path)
+    plan.bytes_to_send += size
+    plan.differences.append(path)
+
+
+def _same(st: os.stat_result, remote: RemoteEntry) -> bool:
+    kind = _kind(st.st_mode)
+    if kind != remote.kind or stat.S_IMODE(st.st_mode) != remote.mode:
+        return False
+    if st.st_uid != remote.uid or st.st_gid != remote.gid:
+        return False
+    if kind == "dir":
+        return st.st_mtime_ns == remote.mtime_ns
+    return st.st_mtime_ns == remote.mtime_ns and (kind != "file" or st.st_size == remote.size)
+
+
+def _same_content(path: str, remote: RemoteEntry) -> bool:
+    try:
+        digests, _ = file_digests(path)
+    except OSError:
+        return False
+    return digests == remote.digests
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "chr"
+    if stat.S_ISBLK(mode):
+        return "blk"
+    return "sock"

@@ -1,0 +1,304 @@
+"""The reader: turns a changed path into ops, sending only the chunks the repository lacks.
+
+Runs in the job's reader thread. A path is read as it is *now* (changes are
+coalesced upstream), cut into content-defined chunks (FastCDC, ~64 KiB average)
+and hashed (BLAKE3). Chunks that sit where they sat in the repository's copy go as
+*runs* (a few bytes for any length), chunks the repository holds elsewhere as
+*references*, new chunks as data, sparse holes as holes. Small files travel in one
+frame; large ones stream in frames of at most ``FRAME_PAYLOAD`` bytes, so memory
+does not grow with file size.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+
+from twinvault import fsmeta
+from twinvault.protocol import messages as m
+from twinvault.source.changeset import Barrier, Dirty, Item
+from twinvault.source.chunker import SMALL_FILE, iter_pieces
+from twinvault.source.opstream import OpStream
+from twinvault.source.remote_view import RemoteEntry, RemoteView
+from twinvault.source.selection import Selection
+
+log = logging.getLogger(__name__)
+
+FRAME_PAYLOAD = 4 * 1024 * 1024
+HASH = 32
+
+
+@dataclass(slots=True)
+class ReadCounters:
+    files_sent: int = 0
+    bytes_read: int = 0
+    bytes_new: int = 0        # chunk bytes that travelled as data
+    bytes_deduplicated: int = 0  # chunk bytes replaced by runs or references
+
+
+class Reader:
+    def __init__(
+        self,
+        selection: Selection,
+        view: RemoteView,
+        stream: OpStream,
+        mark_again: Callable[[str], None],
+        on_mark: Callable[[str, int], None] = lambda name, seq: None,
+    ) -> None:
+        self._on_mark = on_mark
+        self.selection = selection
+        self.view = view
+        self.stream = stream
+        self._mark_again = mark_again
+        self._inodes: dict[tuple[int, int], list[str]] = {}
+        self.counters = ReadCounters()
+
+    def process(self, item: Item) -> None:
+        if isinstance(item, Barrier):
+            self._barrier(item)
+        else:
+            self._dirty(item)
+
+    # -- barriers -----------------------------------------------------------------
+
+    def _barrier(self, b: Barrier) -> None:
+        if b.kind == "mark":
+            self._on_mark(b.path, self.stream.emit_mark(b.path))
+            return
+        old_in = self.selection.contains(b.path)
+        if b.kind == "delete":
+            self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
+            self.view.deleted(b.path)
+            return
+        new_in = self.selection.contains(b.new_path)
+        if old_in and new_in:
+            self.stream.emit(m.RENAME, [m.wire_path(b.path), m.wire_path(b.new_path)], replication=True)
+            self.view.renamed(b.path, b.new_path)
+        elif old_in:
+            self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
+            self.view.deleted(b.path)
+
+    # -- paths --------------------------------------------------------------------
+
+    def _dirty(self, d: Dirty) -> None:
+        path = d.path
+        replication = not d.mirror
+        if not self.selection.contains(path) and not self._is_ancestor(path):
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if path in self.view.entries or replication:
+                self.stream.emit(m.DELETE, [m.wire_path(path)], replication=replication)
+                self.view.deleted(path)
+            return
+        except OSError as exc:
+            log.warning("cannot stat %s: %s", path, exc.strerror)
+            return
+        try:
+            meta = fsmeta.read_meta(path, st)
+        except FileNotFoundError:
+            self._mark_again(path)
+            return
+        kind = meta.kind
+        if kind == "dir":
+            self.stream.emit(m.MKDIR, [m.wire_path(path), meta.to_wire()], replication=replication)
+            self.view.sent_other(path, _entry(meta, b""))
+        elif kind == "symlink":
+            self.stream.emit(m.SYMLINK, [m.wire_path(path), meta.to_wire()], replication=replication)
+            self.view.sent_other(path, _entry(meta, b""))
+        elif kind == "file":
+            self._file(path, st, meta, replication)
+        else:
+            self.stream.emit(m.SPECIAL, [m.wire_path(path), meta.to_wire()], replication=replication)
+            self.view.sent_other(path, _entry(meta, b""))
+
+    def _is_ancestor(self, path: str) -> bool:
+        return any(root.startswith(path.rstrip("/") + "/") for root in self.selection.roots)
+
+    def _file(self, path: str, st: os.stat_result, meta: fsmeta.Meta, replication: bool) -> None:
+        if st.st_nlink > 1 and self._hard_link(path, st, replication):
+            return
+        old = self.view.entries.get(path)
+        if (
+            old is not None
+            and old.kind == "file"
+            and old.size == meta.size
+            and old.mtime_ns == meta.mtime_ns
+            and old.digests
+            and path not in self.view.full_resend
+        ):
+            # Same size and time as the repository's copy: only metadata can differ.
+            self.stream.emit(m.META, [m.wire_path(path), meta.to_wire()], replication=replication)
+            self.view.sent_other(path, _entry(meta, old.digests))
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOATIME)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                self._mark_again(path)
+                return
+            log.warning("cannot open %s: %s", path, exc.strerror)
+            return
+        try:
+            digests = self._send_body(path, fd, meta, old, replication)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if after.st_size != meta.size or after.st_mtime_ns != meta.mtime_ns:
+            self._mark_again(path)  # written while we read it: a newer version follows
+        self.view.sent_file(path, _entry(meta, digests))
+        self.counters.files_sent += 1
+        if st.st_nlink > 1:
+            for other in self._inodes.get((st.st_dev, st.st_ino), []):
+                if other != path:
+                    self._mark_again(other)
+
+    def _hard_link(self, path: str, st: os.stat_result, replication: bool) -> bool:
+        """Send ``path`` as a link to a name of the same inode already sent, if any."""
+        key = (st.st_dev, st.st_ino)
+        names = self._inodes.setdefault(key, [])
+        for other in names:
+            if other == path:
+                continue
+            try:
+                ost = os.lstat(other)
+            except OSError:
+                continue
+            if ost.st_ino == st.st_ino and ost.st_dev == st.st_dev and other in self.view.entries:
+                self.stream.emit(m.LINK, [m.wire_path(path), m.wire_path(other)], replication=replication)
+                self.view.sent_other(path, self.view.entries[other])
+                if path not in names:
+                    names.append(path)
+                return True
+        if path not in names:
+            names.append(path)
+        return False
+
+    def _send_body(
+        self, path: str, fd: int, meta: fsmeta.Meta, old: RemoteEntry | None, replication: bool
+    ) -> bytes:
+        full = path in self.view.full_resend
+        old_digests = old.digests if (old is not None and old.kind == "file" and not full) else b""
+        base = blake3.blake3(old_digests).digest() if old_digests else b""
+        planner = _SegmentPlanner(old_digests, set() if full else self.view.known_chunks)
+        wpath = m.wire_path(path)
+        size = meta.size
+        if size <= SMALL_FILE:
+            for digest, data in iter_pieces(fd, size):
+                if digest is not None:
+                    planner.add_chunk(digest, data)  # type: ignore[arg-type]
+                    self.counters.bytes_read += len(data)  # type: ignore[arg-type]
+            segments = planner.flush()
+            self._count(planner)
+            self.stream.emit(
+                m.FILE,
+                [wpath, size, base, segments, meta.to_wire()],
+                replication=replication,
+                payload=planner.take_payload(),
+            )
+            return planner.digests()
+        self.stream.emit(m.FBEGIN, [wpath, size, base], replication=replication)
+        for digest, data in iter_pieces(fd, size):
+            if digest is None:
+                planner.add_hole(data)  # type: ignore[arg-type]
+                continue
+            planner.add_chunk(digest, data)  # type: ignore[arg-type]
+            self.counters.bytes_read += len(data)  # type: ignore[arg-type]
+            if planner.pending_payload >= FRAME_PAYLOAD:
+                segments = planner.flush()
+                self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload())
+        segments = planner.flush()
+        if segments:
+            self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload())
+        self._count(planner)
+        self.stream.emit(m.FEND, [meta.to_wire()], replication=replication)
+        return planner.digests()
+
+    def _count(self, planner: _SegmentPlanner) -> None:
+        self.counters.bytes_new += planner.new_bytes
+        self.counters.bytes_deduplicated += planner.reused_bytes
+
+
+class _SegmentPlanner:
+    """Decides, chunk by chunk, whether a chunk travels as a run, a reference or data."""
+
+    def __init__(self, old_digests: bytes, known: set[bytes]) -> None:
+        self._old = old_digests
+        self._old_index: dict[bytes, int] | None = None
+        self._known = known
+        self._segments: list[list[Any]] = []
+        self._digests: list[bytes] = []
+        self._run_first = -1
+        self._run_count = 0
+        self.pending_payload = 0
+        self._payload = 0
+        self.new_bytes = 0
+        self.reused_bytes = 0
+
+    def _old_position(self, digest: bytes, expected: int) -> int:
+        old = self._old
+        if not old:
+            return -1
+        if expected >= 0 and old[expected * HASH : (expected + 1) * HASH] == digest:
+            return expected
+        if self._old_index is None:
+            self._old_index = {old[i : i + HASH]: i // HASH for i in range(0, len(old), HASH)}
+        return self._old_index.get(digest, -1)
+
+    def add_chunk(self, digest: bytes, data: bytes | memoryview) -> None:
+        self._digests.append(digest)
+        expected = self._run_first + self._run_count if self._run_count else -1
+        pos = self._old_position(digest, expected)
+        if pos >= 0:
+            self.reused_bytes += len(data)
+            if self._run_count and pos == expected:
+                self._run_count += 1
+            else:
+                self._close_run()
+                self._run_first, self._run_count = pos, 1
+            return
+        self._close_run()
+        if digest in self._known:
+            self._segments.append([m.SEG_REF, digest, len(data)])
+            self.reused_bytes += len(data)
+            return
+        self._segments.append([m.SEG_DATA, digest, bytes(data)])
+        self._known.add(digest)
+        self.pending_payload += len(data)
+        self.new_bytes += len(data)
+
+    def add_hole(self, length: int) -> None:
+        self._close_run()
+        self._segments.append([m.SEG_HOLE, length])
+
+    def _close_run(self) -> None:
+        if self._run_count:
+            self._segments.append([m.SEG_RUN, self._run_first, self._run_count])
+            self._run_count = 0
+            self._run_first = -1
+
+    def flush(self) -> list[list[Any]]:
+        self._close_run()
+        out, self._segments = self._segments, []
+        self._payload += self.pending_payload
+        self.pending_payload = 0
+        return out
+
+    def take_payload(self) -> int:
+        payload, self._payload = self._payload, 0
+        return payload
+
+    def digests(self) -> bytes:
+        return b"".join(self._digests)
+
+
+def _entry(meta: fsmeta.Meta, digests: bytes) -> RemoteEntry:
+    return RemoteEntry(meta.kind, meta.size, meta.mtime_ns, meta.mode, meta.uid, meta.gid, digests)
+

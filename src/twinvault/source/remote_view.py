@@ -1,0 +1,60 @@
+"""The source's picture of what the repository holds for one job.
+
+It is built from the repository's manifest when a connection starts and kept up to
+date as ops are sent. It is only ever a hint: the repository checks every reference
+against its own index and answers ``need`` when the hint was wrong, and the source
+then resends that file in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RemoteEntry:
+    kind: str
+    size: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    digests: bytes  # concatenated 32-byte chunk hashes; b"" when unknown
+
+
+@dataclass(slots=True)
+class RemoteView:
+    entries: dict[str, RemoteEntry] = field(default_factory=dict)
+    known_chunks: set[bytes] = field(default_factory=set)
+    full_resend: set[str] = field(default_factory=set)
+
+    def add(self, path: str, entry: RemoteEntry) -> None:
+        self.entries[path] = entry
+        d = entry.digests
+        self.known_chunks.update(d[i : i + 32] for i in range(0, len(d), 32))
+
+    def sent_file(self, path: str, entry: RemoteEntry) -> None:
+        self.add(path, entry)
+        self.full_resend.discard(path)
+
+    def sent_other(self, path: str, entry: RemoteEntry) -> None:
+        self.entries[path] = entry
+
+    def deleted(self, path: str) -> None:
+        self.entries.pop(path, None)
+        prefix = path + "/"
+        for key in [k for k in self.entries if k.startswith(prefix)]:
+            del self.entries[key]
+
+    def renamed(self, old: str, new: str) -> None:
+        self.deleted(new)
+        prefix = old + "/"
+        moved = {k: v for k, v in self.entries.items() if k == old or k.startswith(prefix)}
+        for key, value in moved.items():
+            del self.entries[key]
+            self.entries[new + key[len(old) :]] = value
+
+    def needs_full(self, path: str) -> None:
+        """The repository could not use our references for this path: send it whole."""
+        self.entries.pop(path, None)
+        self.full_resend.add(path)

@@ -1,0 +1,141 @@
+"""Real twinvault hosts for tests: ``setup`` + ``serve`` as child processes, console logins.
+
+Every test host gets its own home, free ports and console config directory; hosts are
+stopped by pid in teardown. ``Console.run`` calls the real ``twinvault`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.procs import start_child, stop_child
+
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Console:
+    config_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TWINVAULT_CONFIG": str(self.config_dir), **self.env}
+        proc = subprocess.run(
+            [sys.executable, "-m", "twinvault.cli.main", *args],
+            input=stdin, capture_output=True, text=True, env=env, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"twinvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+        return proc
+
+    def json(self, *args: str, check: bool = True) -> Any:
+        proc = self.run(*args, "--json", check=check)
+        return json.loads(proc.stdout)
+
+
+@dataclass
+class TestHost:
+    name: str
+    home: Path
+    api_port: int
+    peer_port: int
+    address: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+    netns: str | None = None
+
+    @property
+    def api(self) -> str:
+        return f"{self.address}:{self.api_port}"
+
+    def start(self, console: Console) -> None:
+        argv = [sys.executable, "-m", "twinvault.cli.main", "serve", "--home", str(self.home)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        log = open(self.home / "serve.log", "ab")
+        self.process = start_child(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {(self.home / 'serve.log').read_text()[-3000:]}")
+            try:
+                console.run("login", self.api, "--user", "admin", "--password-stdin",
+                            "--trust-on-first-use", stdin=PASSWORD + "\n")
+                return
+            except AssertionError:
+                time.sleep(0.1)
+        raise AssertionError(f"{self.name} did not answer: {(self.home / 'serve.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_child(self.process, timeout=15)
+            self.process = None
+
+    def kill9(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.home / "events" / "events.log"
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return out
+
+
+def make_host(base: Path, name: str, console: Console, *, extra_config: str = "", netns: str | None = None,
+              address: str = "127.0.0.1") -> TestHost:
+    home = base / f"home-{name}"
+    host = TestHost(name, home, free_port(), free_port(), address=address, netns=netns)
+    args = ["setup", "--home", str(home), "--name", name, "--peer-port", str(host.peer_port),
+            "--api-port", str(host.api_port), "--admin", "admin", "--password-stdin"]
+    if extra_config:
+        cfg = base / f"{name}-setup.toml"
+        cfg.write_text(extra_config)
+        args += ["--config", str(cfg)]
+    console.run(*args, stdin=PASSWORD + "\n")
+    return host
+
+
+@contextmanager
+def running_hosts(base: Path, *names: str, **kw: Any) -> Iterator[tuple[Console, list[TestHost]]]:
+    console = Console(base / "console")
+    hosts = [make_host(base, n, console, **kw) for n in names]
+    try:
+        for h in hosts:
+            h.start(console)
+        yield console, hosts
+    finally:
+        for h in hosts:
+            h.stop()
+
+
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value {last!r}")
