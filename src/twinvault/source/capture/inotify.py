@@ -72,7 +72,7 @@ DIR_MASK = (
 )
 # An anchor also reports its own move: the roots under it then live at other paths.
 ANCHOR_MASK = DIR_MASK | IN_MOVE_SELF
-_CONTENT_OR_META = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB
+_CONTENT_OR_META = IN_ATTRIB
 
 READ_SIZE = 256 * 1024
 READS_PER_WAKEUP = 16  # then yield the loop; see fanotify.py
@@ -419,7 +419,7 @@ class InotifyCapture:
             moves[cookie] = (len(out), path, moved, is_dir)
             out.append(None)  # keeps the rename's place in the order of events
         elif mask & IN_MOVED_TO:
-            source = None
+            source = moves.pop(cookie, None)
             if source is None:
                 self._arrived(path, place, is_dir, out)
                 return
