@@ -34,14 +34,22 @@ class Console:
     config_dir: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "TWINVAULT_CONFIG": str(self.config_dir), **self.env}
         proc = subprocess.run(
             [sys.executable, "-m", "twinvault.cli.main", *args],
-            input=stdin, capture_output=True, text=True, env=env, timeout=timeout,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"twinvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+            raise AssertionError(
+                f"twinvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}"
+            )
         return proc
 
     def json(self, *args: str, check: bool = True) -> Any:
@@ -74,8 +82,15 @@ class TestHost:
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {(self.home / 'serve.log').read_text()[-3000:]}")
             try:
-                console.run("login", self.api, "--user", "admin", "--password-stdin",
-                            "--trust-on-first-use", stdin=PASSWORD + "\n")
+                console.run(
+                    "login",
+                    self.api,
+                    "--user",
+                    "admin",
+                    "--password-stdin",
+                    "--trust-on-first-use",
+                    stdin=PASSWORD + "\n",
+                )
                 return
             except AssertionError:
                 time.sleep(0.1)
@@ -103,12 +118,31 @@ class TestHost:
         return out
 
 
-def make_host(base: Path, name: str, console: Console, *, extra_config: str = "", netns: str | None = None,
-              address: str = "127.0.0.1") -> TestHost:
+def make_host(
+    base: Path,
+    name: str,
+    console: Console,
+    *,
+    extra_config: str = "",
+    netns: str | None = None,
+    address: str = "127.0.0.1",
+) -> TestHost:
     home = base / f"home-{name}"
     host = TestHost(name, home, free_port(), free_port(), address=address, netns=netns)
-    args = ["setup", "--home", str(home), "--name", name, "--peer-port", str(host.peer_port),
-            "--api-port", str(host.api_port), "--admin", "admin", "--password-stdin"]
+    args = [
+        "setup",
+        "--home",
+        str(home),
+        "--name",
+        name,
+        "--peer-port",
+        str(host.peer_port),
+        "--api-port",
+        str(host.api_port),
+        "--admin",
+        "admin",
+        "--password-stdin",
+    ]
     if extra_config:
         cfg = base / f"{name}-setup.toml"
         cfg.write_text(extra_config)

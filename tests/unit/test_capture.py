@@ -8,6 +8,7 @@ root's) are not protected.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import struct
@@ -23,6 +24,9 @@ from twinvault.source.capture import (
     ChangeCapture,
     ChangeKind,
     FanotifyCapture,
+    InotifyCapture,
+    events,
+    inotify,
     open_capture,
 )
 
@@ -288,13 +292,12 @@ async def test_queue_overflow_is_reported_and_capture_keeps_working(bed: Bed) ->
     # Created without yielding to the loop, so nothing reads the queue until it overflows.
     for i in range(queue_limit + 1000):
         os.close(os.open(bed.at("flood", f"f{i}"), os.O_CREAT | os.O_WRONLY, 0o644))
+    # Its creation is lost with the queue: inotify must find and watch it by rescanning.
+    os.makedirs(bed.at("made_while_lost", "deep"))
     await bed.expect(Change(OVERFLOW, ""))
     await bed.settle()
-    # Directories made while events were lost must be watched again (inotify rescans).
-    os.makedirs(bed.at("after", "deep"))
-    await bed.settle()
-    _write(bed.at("after", "deep", "f"))
-    await bed.expect(Change(CHANGED, bed.at("after", "deep", "f")))
+    _write(bed.at("made_while_lost", "deep", "f"))
+    await bed.expect(Change(CHANGED, bed.at("made_while_lost", "deep", "f")))
 
 
 async def test_a_root_spelled_through_a_symlink_reports_that_spelling(bed: Bed) -> None:
@@ -316,16 +319,67 @@ async def test_a_file_root_reports_only_that_file(bed: Bed) -> None:
     assert not [c for c in seen if c.path != root], seen
 
 
-async def test_auto_prefers_fanotify_and_rejects_unknown_methods(tmp_path: Path) -> None:
+async def test_auto_prefers_fanotify_and_falls_back_to_inotify(tmp_path: Path) -> None:
     assert isinstance(open_capture([str(tmp_path)]), FanotifyCapture)
+    # /proc has no file handles, so fanotify cannot mark it; inotify can watch it.
+    assert isinstance(open_capture(["/proc/self"]), InotifyCapture)
     with pytest.raises(ValueError):
         open_capture([str(tmp_path)], prefer="dnotify")
 
 
-async def test_fanotify_refusal_is_capture_unavailable(tmp_path: Path) -> None:
-    # /proc has no file handles, so the kernel refuses a filesystem mark there.
+async def test_fanotify_refusal_is_capture_unavailable() -> None:
     capture = open_capture(["/proc/self"], prefer="fanotify")
     with pytest.raises(CaptureUnavailable) as refused:
         await capture.start()
     assert refused.value.errno is not None
     capture.close()
+
+
+async def test_inotify_watch_limit_reports_overflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bed = Bed("inotify", tmp_path)
+    (tmp_path / "sel").mkdir()
+    await bed.start()
+    real_add_watch = inotify._add_watch
+
+    def add_watch_at_limit(fd: int, path: str, mask: int) -> int:
+        # The kernel's answer once fs.inotify.max_user_watches is used up (a global sysctl,
+        # so the test injects it instead of lowering it for the whole machine).
+        return -errno.ENOSPC if path.endswith("unwatchable") else real_add_watch(fd, path, mask)
+
+    monkeypatch.setattr(inotify, "_add_watch", add_watch_at_limit)
+    try:
+        os.mkdir(bed.at("unwatchable"))
+        await bed.expect(Change(CHANGED, bed.at("unwatchable"), is_dir=True), Change(OVERFLOW, ""))
+    finally:
+        assert bed.capture is not None
+        bed.capture.close()
+
+
+async def test_feed_collapses_an_unread_backlog_into_one_overflow() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        feed = events.ChangeFeed(read_end, list)
+        feed.attach()
+        feed.push(Change(CHANGED, f"/sel/f{i}") for i in range(events.MAX_READY + 1))
+        assert await feed.get_batch(0) == [Change(OVERFLOW, "")]
+        feed.detach()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def test_feed_hands_a_reader_failure_to_the_consumer() -> None:
+    read_end, write_end = os.pipe()
+
+    def broken_drain() -> list[Change]:
+        raise RuntimeError("unparseable event")
+
+    try:
+        feed = events.ChangeFeed(read_end, broken_drain)
+        feed.attach()
+        os.write(write_end, b"x")
+        with pytest.raises(RuntimeError, match="unparseable"):
+            await feed.get_batch(5)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

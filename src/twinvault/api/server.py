@@ -65,7 +65,9 @@ def build_app(host: Host) -> web.Application:
 
     async def register_image_job(request: web.Request) -> web.Response:
         body = await request.json()
-        reply = host.register_image_job(str(body["job_id"]), str(body["source_name"]), body.get("path_prefix"))
+        reply = host.register_image_job(
+            str(body["job_id"]), str(body["source_name"]), body.get("path_prefix")
+        )
         return web.json_response(reply)
 
     async def forget_image_job(request: web.Request) -> web.Response:
@@ -97,13 +99,20 @@ def build_app(host: Host) -> web.Application:
             plan = await host.source_job(job_id).verify(
                 checksum=bool(body.get("checksum")), remirror=bool(body.get("remirror"))
             )
-            return web.json_response({
-                "job": job_id, "checksum": bool(body.get("checksum")), "remirror": bool(body.get("remirror")),
-                "differences": plan.differences[:1000], "difference_count": len(plan.differences),
-                "orphans": plan.orphans[:1000], "orphan_count": len(plan.orphans),
-                "bytes_different": plan.bytes_to_send, "bytes_same": plan.skipped_bytes,
-                "files": plan.files_total,
-            })
+            return web.json_response(
+                {
+                    "job": job_id,
+                    "checksum": bool(body.get("checksum")),
+                    "remirror": bool(body.get("remirror")),
+                    "differences": plan.differences[:1000],
+                    "difference_count": len(plan.differences),
+                    "orphans": plan.orphans[:1000],
+                    "orphan_count": len(plan.orphans),
+                    "bytes_different": plan.bytes_to_send,
+                    "bytes_same": plan.skipped_bytes,
+                    "files": plan.files_total,
+                }
+            )
         raise TwinvaultError(errors.INVALID_COMMAND, action)
 
     async def events(request: web.Request) -> web.Response:
@@ -111,7 +120,9 @@ def build_app(host: Host) -> web.Application:
         severity = request.query.get("severity")
         limit = request.query.get("limit")
         found = host.events.read(
-            since=float(since) if since else None, severity=severity or None, limit=int(limit) if limit else None
+            since=float(since) if since else None,
+            severity=severity or None,
+            limit=int(limit) if limit else None,
         )
         return web.json_response({"events": [e.to_json() for e in found]})
 

@@ -95,11 +95,15 @@ class ApiClient:
             conn.close()
 
     def _connect(self) -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=client_context())
+        conn = http.client.HTTPSConnection(
+            self.host, self.port, timeout=self.timeout, context=client_context()
+        )
         try:
             conn.connect()
         except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
-            code = errors.SERVER_NOT_RESPONDING if isinstance(exc, TimeoutError) else errors.DAEMON_NOT_REACHABLE
+            code = (
+                errors.SERVER_NOT_RESPONDING if isinstance(exc, TimeoutError) else errors.DAEMON_NOT_REACHABLE
+            )
             raise TwinvaultError(code, f"{self.spec}: {exc}") from exc
         return conn
 

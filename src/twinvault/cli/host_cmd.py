@@ -52,14 +52,24 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _read_password(args: argparse.Namespace) -> str:
     if not args.password_stdin:
-        raise TwinvaultError(errors.INVALID_ARGUMENT, "pass the password on standard input with --password-stdin")
+        raise TwinvaultError(
+            errors.INVALID_ARGUMENT, "pass the password on standard input with --password-stdin"
+        )
     password = sys.stdin.readline().rstrip("\n")
     if not password:
         raise TwinvaultError(errors.INVALID_ARGUMENT, "empty password")
     return password
 
 
-_SETTABLE = {"peer_port", "api_port", "bind_address", "path_prefix", "retry_limit", "capture", "metrics_token"}
+_SETTABLE = {
+    "peer_port",
+    "api_port",
+    "bind_address",
+    "path_prefix",
+    "retry_limit",
+    "capture",
+    "metrics_token",
+}
 
 
 def setup(args: argparse.Namespace) -> int:
@@ -103,18 +113,29 @@ def setup(args: argparse.Namespace) -> int:
         create_identity(home.cert, home.key, config.name)
     if args.admin:
         Accounts(home.accounts, home.tokens).set_password(args.admin, _read_password(args))
-    result = {"home": str(home.root), "name": config.name, "fingerprint": fingerprint_of_cert_file(home.cert),
-              "peer_port": config.peer_port, "api_port": config.api_port}
+    result = {
+        "home": str(home.root),
+        "name": config.name,
+        "fingerprint": fingerprint_of_cert_file(home.cert),
+        "peer_port": config.peer_port,
+        "api_port": config.api_port,
+    }
     if args.json:
         emit_json(result)
     else:
-        console.print(f"host [bold]{config.name}[/] ready in {home.root}; fingerprint {result['fingerprint']}")
+        console.print(
+            f"host [bold]{config.name}[/] ready in {home.root}; fingerprint {result['fingerprint']}"
+        )
     return 0
 
 
 def vars_of_queue(q: QueueConfig) -> dict[str, Any]:
-    return {"memory_max_mb": q.memory_max_mb, "disk_folder": q.disk_folder, "disk_max_mb": q.disk_max_mb,
-            "min_free_mb": q.min_free_mb}
+    return {
+        "memory_max_mb": q.memory_max_mb,
+        "disk_folder": q.disk_folder,
+        "disk_max_mb": q.disk_max_mb,
+        "min_free_mb": q.min_free_mb,
+    }
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -122,7 +143,9 @@ def serve(args: argparse.Namespace) -> int:
 
     home = Home(args.home or default_home())
     if not home.config_file.exists():
-        raise TwinvaultError(errors.INVALID_ARGUMENT, f"{home.root} is not set up: run 'twinvault setup' first")
+        raise TwinvaultError(
+            errors.INVALID_ARGUMENT, f"{home.root} is not set up: run 'twinvault setup' first"
+        )
     run(home)
     return 0
 

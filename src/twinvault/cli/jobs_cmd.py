@@ -35,8 +35,16 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _row(j: dict[str, Any]) -> list[Any]:
-    return [j["id"], j.get("type"), j.get("status"), j.get("source"), j.get("target"),
-            f"{j.get('percent_complete', 0)}%", j.get("time_remaining_s"), j.get("health")]
+    return [
+        j["id"],
+        j.get("type"),
+        j.get("status"),
+        j.get("source"),
+        j.get("target"),
+        f"{j.get('percent_complete', 0)}%",
+        j.get("time_remaining_s"),
+        j.get("health"),
+    ]
 
 
 _COLUMNS = ["id", "type", "status", "source", "target", "% complete", "time left (s)", "health"]
@@ -53,18 +61,38 @@ def jobs(args: argparse.Namespace) -> int:
                 for c in [*_COLUMNS, "mirror", "replication", "sent", "queued"]:
                     t.add_column(c)
                 for j in views:
-                    t.add_row(*[str(v) for v in _row(j)], j.get("mirror", {}).get("status", ""),
-                              j.get("replication", {}).get("status", ""),
-                              human_bytes(j.get("total_sent_bytes", 0)),
-                              human_bytes(j.get("replication", {}).get("bytes_queued", 0)))
+                    t.add_row(
+                        *[str(v) for v in _row(j)],
+                        j.get("mirror", {}).get("status", ""),
+                        j.get("replication", {}).get("status", ""),
+                        human_bytes(j.get("total_sent_bytes", 0)),
+                        human_bytes(j.get("replication", {}).get("bytes_queued", 0)),
+                    )
                 live.update(t)
                 time.sleep(1)
         return 0
     views = client.call("GET", "/api/jobs")["jobs"]
     if args.json:
-        emit_json({"jobs": [{k: j.get(k) for k in (
-            "id", "type", "status", "source", "target", "percent_complete", "time_remaining_s", "health")}
-            for j in views]})
+        emit_json(
+            {
+                "jobs": [
+                    {
+                        k: j.get(k)
+                        for k in (
+                            "id",
+                            "type",
+                            "status",
+                            "source",
+                            "target",
+                            "percent_complete",
+                            "time_remaining_s",
+                            "health",
+                        )
+                    }
+                    for j in views
+                ]
+            }
+        )
     else:
         table(f"jobs on {args.server}", _COLUMNS, [_row(j) for j in views])
     return 0
@@ -90,8 +118,10 @@ def job_action(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     elif args.action == "verify":
-        console.print(f"{reply['difference_count']} differing paths, {reply['orphan_count']} orphans"
-                      + (" (remirror started)" if args.remirror and reply["difference_count"] else ""))
+        console.print(
+            f"{reply['difference_count']} differing paths, {reply['orphan_count']} orphans"
+            + (" (remirror started)" if args.remirror and reply["difference_count"] else "")
+        )
         for path in reply["differences"][:50]:
             console.print(f"  differs: {path}")
         for path in reply["orphans"][:50]:
@@ -118,18 +148,25 @@ def _forget_on_repository(view: dict[str, Any], job_id: str) -> None:
 def _print_details(v: dict[str, Any]) -> None:
     mirror, rep = v.get("mirror", {}), v.get("replication", {})
     rows = [
-        ("Job type", v.get("type")), ("Job status", v.get("status")), ("Health", v.get("health")),
-        ("Time remaining", f"{v.get('time_remaining_s', 0)} s"), ("Source server", v.get("source")),
-        ("Target server", v.get("target")), ("Image location", v.get("image_location")),
+        ("Job type", v.get("type")),
+        ("Job status", v.get("status")),
+        ("Health", v.get("health")),
+        ("Time remaining", f"{v.get('time_remaining_s', 0)} s"),
+        ("Source server", v.get("source")),
+        ("Target server", v.get("target")),
+        ("Image location", v.get("image_location")),
         ("Total sent data", human_bytes(v.get("total_sent_bytes", 0))),
         ("Total sent compressed", human_bytes(v.get("total_sent_compressed_bytes", 0))),
-        ("Transmit status", v.get("transmit_status")), ("Target status", v.get("target_status")),
+        ("Transmit status", v.get("transmit_status")),
+        ("Target status", v.get("target_status")),
         ("Recovery available", "Yes" if v.get("recovery_available") else "No"),
-        ("Mirror status", mirror.get("status")), ("Mirror percent complete", f"{mirror.get('percent_complete', 0)}%"),
+        ("Mirror status", mirror.get("status")),
+        ("Mirror percent complete", f"{mirror.get('percent_complete', 0)}%"),
         ("Mirror remaining", human_bytes(mirror.get("remaining_bytes", 0))),
         ("Mirror skipped", human_bytes(mirror.get("skipped_bytes", 0))),
         ("Orphans", mirror.get("orphans", 0)),
-        ("Replication status", rep.get("status")), ("Bytes sent", human_bytes(rep.get("bytes_sent", 0))),
+        ("Replication status", rep.get("status")),
+        ("Bytes sent", human_bytes(rep.get("bytes_sent", 0))),
         ("Bytes sent compressed", human_bytes(rep.get("bytes_sent_compressed", 0))),
         ("Bytes queued", human_bytes(rep.get("bytes_queued", 0))),
     ]

@@ -42,8 +42,15 @@ def events(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"events": found})
     else:
-        rows = [(datetime.datetime.fromtimestamp(e["time"]).isoformat(timespec="seconds"), e["id"],
-                 e["severity"], e["message"]) for e in found]
+        rows = [
+            (
+                datetime.datetime.fromtimestamp(e["time"]).isoformat(timespec="seconds"),
+                e["id"],
+                e["severity"],
+                e["message"],
+            )
+            for e in found
+        ]
         table(f"events on {args.server}", ["time", "id", "severity", "message"], rows)
     return 0
 
@@ -53,6 +60,9 @@ def images(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"images": found})
     else:
-        table(f"images on {args.repository}", ["name", "location", "state", "jobs"],
-              [(i["name"], i["location"], i["state"], ",".join(i["jobs"])) for i in found])
+        table(
+            f"images on {args.repository}",
+            ["name", "location", "state", "jobs"],
+            [(i["name"], i["location"], i["state"], ",".join(i["jobs"])) for i in found],
+        )
     return 0

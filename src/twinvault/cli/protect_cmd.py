@@ -28,14 +28,22 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 def protect(args: argparse.Namespace) -> int:
     if args.full_server:
-        raise TwinvaultError(errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data")
+        raise TwinvaultError(
+            errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data"
+        )
     source = ApiClient.for_host(args.source)
     repository = ApiClient.for_host(args.repository)
     source_info = source.call("GET", "/api/host")
     job_id = uuid.uuid4().hex[:12]
-    image = repository.call("POST", "/api/repository/jobs", {
-        "job_id": job_id, "source_name": source_info["name"], "path_prefix": args.path_prefix,
-    })
+    image = repository.call(
+        "POST",
+        "/api/repository/jobs",
+        {
+            "job_id": job_id,
+            "source_name": source_info["name"],
+            "path_prefix": args.path_prefix,
+        },
+    )
     repo_host, _ = split_host(args.repository)
     spec = {
         "job_id": job_id,

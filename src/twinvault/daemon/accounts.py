@@ -31,8 +31,12 @@ def hash_password(password: str, salt: bytes | None = None) -> dict[str, str | i
 
 def check_password(record: dict[str, str | int], password: str) -> bool:
     digest = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(str(record["salt"])),
-        n=int(record["n"]), r=int(record["r"]), p=int(record["p"]), maxmem=64 << 20,
+        password.encode(),
+        salt=bytes.fromhex(str(record["salt"])),
+        n=int(record["n"]),
+        r=int(record["r"]),
+        p=int(record["p"]),
+        maxmem=64 << 20,
     )
     return hmac.compare_digest(digest.hex(), str(record["hash"]))
 

@@ -109,7 +109,14 @@ class Home:
         return Path(config.path_prefix) if config.path_prefix else self.root / "images"
 
     def make_dirs(self) -> None:
-        for d in (self.root, self.cert.parent, self.events_dir, self.source_jobs, self.repository_jobs, self.index_dir):
+        for d in (
+            self.root,
+            self.cert.parent,
+            self.events_dir,
+            self.source_jobs,
+            self.repository_jobs,
+            self.index_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 

@@ -55,8 +55,11 @@ class Host:
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
         self._peer_server = await asyncio.start_server(
-            self._on_peer, self.config.bind_address, self.config.peer_port,
-            ssl=server_context(self.home.cert, self.home.key), limit=64 * 1024 * 1024,
+            self._on_peer,
+            self.config.bind_address,
+            self.config.peer_port,
+            ssl=server_context(self.home.cert, self.home.key),
+            limit=64 * 1024 * 1024,
         )
         self.emit(ev.TARGET_STARTED)
         for path in sorted(self.home.source_jobs.glob("*.json")):
@@ -80,7 +83,8 @@ class Host:
 
     async def _on_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_peer(
-            reader, writer,
+            reader,
+            writer,
             find_job=self.image_jobs.get,
             index_path_for=lambda job: self.home.index_dir / f"{job.image_name}.sqlite",
             emit=self.emit,
@@ -94,8 +98,9 @@ class Host:
             disk_max_bytes=None if q.disk_max_mb is None else q.disk_max_mb << 20,
             min_free_bytes=q.min_free_mb << 20,
         )
-        return ProtectionJob(spec, self.home.queue_dir(self.config), limits, self.emit,
-                             capture_method=self.config.capture)
+        return ProtectionJob(
+            spec, self.home.queue_dir(self.config), limits, self.emit, capture_method=self.config.capture
+        )
 
     # -- repository role --------------------------------------------------------------
 
@@ -116,13 +121,20 @@ class Host:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise TwinvaultError(errors.REPOSITORY_PATH_NOT_WRITABLE, f"{image_root}: {exc.strerror}") from exc
-        job = ImageJob(job_id, source_name, source_name, str(image_root), secrets.token_urlsafe(32), time.time())
+            raise TwinvaultError(
+                errors.REPOSITORY_PATH_NOT_WRITABLE, f"{image_root}: {exc.strerror}"
+            ) from exc
+        job = ImageJob(
+            job_id, source_name, source_name, str(image_root), secrets.token_urlsafe(32), time.time()
+        )
         write_private(self.home.repository_jobs / f"{job_id}.json", json.dumps(job.to_json()).encode())
         self.image_jobs[job_id] = job
         return {
-            "token": job.token, "peer_port": self.config.peer_port, "fingerprint": self.fingerprint,
-            "image_location": str(image_root), "name": self.config.name,
+            "token": job.token,
+            "peer_port": self.config.peer_port,
+            "fingerprint": self.fingerprint,
+            "image_location": str(image_root),
+            "name": self.config.name,
         }
 
     def forget_image_job(self, job_id: str) -> None:
@@ -133,10 +145,16 @@ class Host:
     def images(self) -> list[dict[str, Any]]:
         seen: dict[str, dict[str, Any]] = {}
         for job in self.image_jobs.values():
-            image = seen.setdefault(job.image_root, {
-                "name": job.image_name, "location": job.image_root, "source": job.source_name,
-                "jobs": [], "state": "idle",
-            })
+            image = seen.setdefault(
+                job.image_root,
+                {
+                    "name": job.image_name,
+                    "location": job.image_root,
+                    "source": job.source_name,
+                    "jobs": [],
+                    "state": "idle",
+                },
+            )
             image["jobs"].append(job.job_id)
             if job.connected:
                 image["state"] = "receiving"
@@ -156,8 +174,12 @@ class Host:
                 if is_within(image.image_root, root) or is_within(root, image.image_root):
                     raise TwinvaultError(errors.SELECTION_OVERLAPS_IMAGE, f"{root} and {image.image_root}")
             if is_within(str(self.home.root), root):
-                raise TwinvaultError(errors.SELECTION_OVERLAPS_IMAGE, f"{root} holds this host's state {self.home.root}")
-        spec = JobSpec.from_json({**spec.to_json(), "roots": selection.roots, "source_name": self.config.name})
+                raise TwinvaultError(
+                    errors.SELECTION_OVERLAPS_IMAGE, f"{root} holds this host's state {self.home.root}"
+                )
+        spec = JobSpec.from_json(
+            {**spec.to_json(), "roots": selection.roots, "source_name": self.config.name}
+        )
         self._save_spec(spec)
         job = self._make_job(spec)
         self.source_jobs[spec.job_id] = job
@@ -230,15 +252,29 @@ class Host:
 
     def _image_job_view(self, job: ImageJob) -> dict[str, Any]:
         """The repository's view: the source's last reported status plus its own state."""
-        base: dict[str, Any] = dict(job.last_status) if job.last_status else {
-            "id": job.job_id, "type": "Data Protection", "source": job.source_name, "status": "Unknown",
-            "percent_complete": 0.0, "time_remaining_s": 0, "health": "warning",
-        }
-        base.update({
-            "id": job.job_id, "target": self.config.name, "image_location": job.image_root,
-            "target_status": "Retrying" if job.retrying else job.target_status,
-            "connected": job.connected, "ops_applied": job.ops_applied,
-        })
+        base: dict[str, Any] = (
+            dict(job.last_status)
+            if job.last_status
+            else {
+                "id": job.job_id,
+                "type": "Data Protection",
+                "source": job.source_name,
+                "status": "Unknown",
+                "percent_complete": 0.0,
+                "time_remaining_s": 0,
+                "health": "warning",
+            }
+        )
+        base.update(
+            {
+                "id": job.job_id,
+                "target": self.config.name,
+                "image_location": job.image_root,
+                "target_status": "Retrying" if job.retrying else job.target_status,
+                "connected": job.connected,
+                "ops_applied": job.ops_applied,
+            }
+        )
         if not job.connected:
             base["status"] = "Communication Error" if job.last_status else base.get("status", "Unknown")
             base["recovery_available"] = False
@@ -246,6 +282,10 @@ class Host:
 
     def host_info(self) -> dict[str, Any]:
         return {
-            "name": self.config.name, "fingerprint": self.fingerprint, "peer_port": self.config.peer_port,
-            "api_port": self.config.api_port, "pid": os.getpid(), "started": self.started,
+            "name": self.config.name,
+            "fingerprint": self.fingerprint,
+            "peer_port": self.config.peer_port,
+            "api_port": self.config.api_port,
+            "pid": os.getpid(),
+            "started": self.started,
         }

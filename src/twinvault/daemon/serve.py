@@ -23,11 +23,18 @@ async def serve(home: Home) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(
-        runner, host.config.bind_address, host.config.api_port, ssl_context=server_context(home.cert, home.key)
+        runner,
+        host.config.bind_address,
+        host.config.api_port,
+        ssl_context=server_context(home.cert, home.key),
     )
     await site.start()
-    log.info("twinvault %s serving: peer port %d, api port %d", host.config.name,
-             host.config.peer_port, host.config.api_port)
+    log.info(
+        "twinvault %s serving: peer port %d, api port %d",
+        host.config.name,
+        host.config.peer_port,
+        host.config.api_port,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,41 +20,43 @@ PROTOCOL_VERSION: Final = 1
 MIN_SUPPORTED_VERSION: Final = 1
 
 # Handshake
-HELLO: Final = "hello"        # [hello, {proto, version, job, token, source, epoch}]
-WELCOME: Final = "welcome"    # [welcome, {version, image_root, last_seq, epoch}]
-REFUSE: Final = "refuse"      # [refuse, code, message]
+HELLO: Final = "hello"  # [hello, {proto, version, job, token, source, epoch}]
+WELCOME: Final = "welcome"  # [welcome, {version, image_root, last_seq, epoch}]
+REFUSE: Final = "refuse"  # [refuse, code, message]
 
 # Source -> repository: the op stream
-MKDIR: Final = "mkdir"        # [mkdir, seq, path, meta]
-META: Final = "meta"          # [meta, seq, path, meta]
-SYMLINK: Final = "symlink"    # [symlink, seq, path, meta]
-SPECIAL: Final = "special"    # [special, seq, path, meta]   fifo / device / socket
-LINK: Final = "link"          # [link, seq, path, existing_path]
-DELETE: Final = "delete"      # [delete, seq, path]
-RENAME: Final = "rename"      # [rename, seq, old_path, new_path]
-FILE: Final = "file"          # [file, seq, path, size, base_digest, segments, meta]  a whole small file
-FBEGIN: Final = "fbegin"      # [fbegin, seq, path, size, base_digest]
-FDATA: Final = "fdata"        # [fdata, seq, segments]
-FEND: Final = "fend"          # [fend, seq, meta]
-MARK: Final = "mark"          # [mark, seq, name]  a barrier acknowledged like an op
+MKDIR: Final = "mkdir"  # [mkdir, seq, path, meta]
+META: Final = "meta"  # [meta, seq, path, meta]
+SYMLINK: Final = "symlink"  # [symlink, seq, path, meta]
+SPECIAL: Final = "special"  # [special, seq, path, meta]   fifo / device / socket
+LINK: Final = "link"  # [link, seq, path, existing_path]
+DELETE: Final = "delete"  # [delete, seq, path]
+RENAME: Final = "rename"  # [rename, seq, old_path, new_path]
+FILE: Final = "file"  # [file, seq, path, size, base_digest, segments, meta]  a whole small file
+FBEGIN: Final = "fbegin"  # [fbegin, seq, path, size, base_digest]
+FDATA: Final = "fdata"  # [fdata, seq, segments]
+FEND: Final = "fend"  # [fend, seq, meta]
+MARK: Final = "mark"  # [mark, seq, name]  a barrier acknowledged like an op
 
-OP_KINDS: Final = frozenset({FILE, MKDIR, META, SYMLINK, SPECIAL, LINK, DELETE, RENAME, FBEGIN, FDATA, FEND, MARK})
+OP_KINDS: Final = frozenset(
+    {FILE, MKDIR, META, SYMLINK, SPECIAL, LINK, DELETE, RENAME, FBEGIN, FDATA, FEND, MARK}
+)
 
 # Source -> repository: requests
 MANIFEST_REQ: Final = "manifest?"  # [manifest?, request_id, roots, checksum: bool]
-STATUS: Final = "status"           # [status, {...}] the source's view of the job, for the repository's console
+STATUS: Final = "status"  # [status, {...}] the source's view of the job, for the repository's console
 
 # Repository -> source
 MANIFEST: Final = "manifest"  # [manifest, request_id, entries, done]
-ACK: Final = "ack"            # [ack, seq]  every op <= seq is applied and durable
-NEED: Final = "need"          # [need, seq, path]  a file op referred to data the repository lacks
+ACK: Final = "ack"  # [ack, seq]  every op <= seq is applied and durable
+NEED: Final = "need"  # [need, seq, path]  a file op referred to data the repository lacks
 APPLY_FAILED: Final = "failed"  # [failed, seq, path, code, message] discarded after the retry limit
 
 # Segments of a file body, in order; together they cover [0, size).
-SEG_DATA: Final = 0   # [0, hash, bytes]             new chunk
-SEG_REF: Final = 1    # [1, hash, length]            a chunk the repository holds elsewhere
-SEG_RUN: Final = 2    # [2, first_index, count]      chunks of this path's previous version
-SEG_HOLE: Final = 3   # [3, length]                  sparse hole
+SEG_DATA: Final = 0  # [0, hash, bytes]             new chunk
+SEG_REF: Final = 1  # [1, hash, length]            a chunk the repository holds elsewhere
+SEG_RUN: Final = 2  # [2, first_index, count]      chunks of this path's previous version
+SEG_HOLE: Final = 3  # [3, length]                  sparse hole
 
 # Manifest entries: [path, kind, size, mtime_ns, mode, uid, gid, chunks]
 # where chunks is b"" (unknown / not a file) or the concatenated 32-byte chunk hashes

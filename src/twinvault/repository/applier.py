@@ -68,6 +68,7 @@ class _FileTransfer:
     failed: bool = False
     old_pieces: list[ChunkPiece] | None = None
     parent_times: tuple[int, int] = (0, 0)
+    needs_data: bool = False
 
 
 _RETRY_EVENTS = {
@@ -120,6 +121,12 @@ class Applier:
             try:
                 outcome = self._apply_once(kind, seq, message)
             except NeedData as exc:
+                if self._xfer is not None and kind in (m.FBEGIN, m.FDATA):
+                    # Mid-file: drop the rest of this file's frames; its fend answers "need".
+                    self._xfer.needs_data = True
+                    self._xfer.failed = True
+                    self._discard_temp(self._xfer, keep_state=True)
+                    return None
                 self.abort_transfer()
                 return Outcome(seq, "need", os.fsencode(str(exc)))
             except OSError as exc:
@@ -373,7 +380,9 @@ class Applier:
             raise NeedData(os.fsdecode(x.path))
         self._copy_range(x, path, offset, length, dst_offset)
 
-    def _copy_range(self, x: _FileTransfer, src: bytes, src_offset: int, length: int, dst_offset: int) -> None:
+    def _copy_range(
+        self, x: _FileTransfer, src: bytes, src_offset: int, length: int, dst_offset: int
+    ) -> None:
         try:
             src_dir, src_name = self.tree.parent(src, create=False)
             src_fd = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
@@ -395,6 +404,8 @@ class Applier:
             raise TwinvaultError(-1007, "file end without a file")
         if x.failed:
             self._xfer = None
+            if x.needs_data:
+                return Outcome(seq, "need", x.path)
             return Outcome(seq, "failed", x.path, -1, "discarded after the retry limit")
         os.ftruncate(x.fd, meta.size)
         fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(x.dir_fd, x.temp_name)), meta, fd=x.fd)

@@ -58,13 +58,19 @@ class ImageJob:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "source_name": self.source_name, "image_name": self.image_name,
-            "image_root": self.image_root, "token": self.token, "created": self.created,
+            "job_id": self.job_id,
+            "source_name": self.source_name,
+            "image_name": self.image_name,
+            "image_root": self.image_root,
+            "token": self.token,
+            "created": self.created,
         }
 
 
 class Session:
-    def __init__(self, job: ImageJob, link: Link, index_path: Path, emit: Emit, retry_limit: int, epoch: int) -> None:
+    def __init__(
+        self, job: ImageJob, link: Link, index_path: Path, emit: Emit, retry_limit: int, epoch: int
+    ) -> None:
         self.job = job
         self.link = link
         self._emit = emit
@@ -246,7 +252,9 @@ def _approx_size(msg: list[Any]) -> int:
         if isinstance(part, bytes):
             size += len(part)
         elif isinstance(part, list):
-            size += sum(len(s[2]) for s in part if isinstance(s, list) and len(s) > 2 and isinstance(s[2], bytes))
+            size += sum(
+                len(s[2]) for s in part if isinstance(s, list) and len(s) > 2 and isinstance(s[2], bytes)
+            )
     return size
 
 
@@ -262,7 +270,8 @@ def negotiate_version(hello: dict[str, Any]) -> int:
         raise TwinvaultError(-1007, "not a twinvault hello")
     if version > m.PROTOCOL_VERSION or version < m.MIN_SUPPORTED_VERSION:
         raise TwinvaultError(
-            -157, f"source speaks protocol {version}, this repository {m.MIN_SUPPORTED_VERSION}..{m.PROTOCOL_VERSION}"
+            -157,
+            f"source speaks protocol {version}, this repository {m.MIN_SUPPORTED_VERSION}..{m.PROTOCOL_VERSION}",
         )
     return version
 

@@ -77,13 +77,13 @@ class JobSpec:
 
 @dataclass(slots=True)
 class MirrorState:
-    status: str = "Idle"           # Calculating | Mirroring | Idle | Paused | Stopped
+    status: str = "Idle"  # Calculating | Mirroring | Idle | Paused | Stopped
     bytes_to_send: int = 0
     bytes_sent: int = 0
     skipped_bytes: int = 0
     orphans: list[str] = field(default_factory=list)
     started: float = 0.0
-    complete: bool = False        # the last mirror finished and was acknowledged
+    complete: bool = False  # the last mirror finished and was acknowledged
     mark_seq: int = 0
 
 
@@ -135,7 +135,9 @@ class ProtectionJob:
 
     async def start(self) -> None:
         self._stopping.clear()
-        self._reader_thread = threading.Thread(target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True)
+        self._reader_thread = threading.Thread(
+            target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True
+        )
         self._reader_thread.start()
         self._tasks = [
             asyncio.create_task(self._capture_loop(), name="capture"),
@@ -226,7 +228,9 @@ class ProtectionJob:
         while not self._stopping.is_set():
             # Back-pressure while connected: coalescing in the change set beats queueing
             # stale versions, and a mirror must not pile its bytes up in memory.
-            if self.connected and self.queue.memory_bytes > min(self.queue.limits.memory_max_bytes // 2, 64 << 20):
+            if self.connected and self.queue.memory_bytes > min(
+                self.queue.limits.memory_max_bytes // 2, 64 << 20
+            ):
                 time.sleep(0.005)
                 continue
             items = self.changes.take(256, 0.2)
@@ -249,14 +253,17 @@ class ProtectionJob:
 
     def _auto_disconnect(self, reason: str) -> None:
         self._emit(
-            ev.AUTO_DISCONNECT, **self._fields(), reason=reason,
+            ev.AUTO_DISCONNECT,
+            **self._fields(),
+            reason=reason,
         )
         self.queue.clear()
         self.changes.clear()
         if self._link is not None:
             self._link.writer.close()
         self._emit(
-            ev.AUTO_DISCONNECT_SUCCEEDED, **self._fields(),
+            ev.AUTO_DISCONNECT_SUCCEEDED,
+            **self._fields(),
         )
 
     # -- connection ------------------------------------------------------------------
@@ -276,7 +283,8 @@ class ProtectionJob:
                         self._emit(ev.PEER_REJECTED, peer=self.spec.repository_address, reason=exc.message)
                 if attempt == 0:
                     self._emit(
-                        ev.AUTO_RECONNECTING, **self._fields(),
+                        ev.AUTO_RECONNECTING,
+                        **self._fields(),
                     )
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
@@ -284,12 +292,14 @@ class ProtectionJob:
                 continue
             if was_connected or attempt:
                 self._emit(
-                    ev.AUTO_RECONNECT_SUCCEEDED, **self._fields(),
+                    ev.AUTO_RECONNECT_SUCCEEDED,
+                    **self._fields(),
                 )
             attempt = 0
             was_connected = True
             self._emit(
-                ev.CONNECTED, **self._fields(),
+                ev.CONNECTED,
+                **self._fields(),
             )
             try:
                 await self._session(link)
@@ -307,19 +317,23 @@ class ProtectionJob:
                 self.mirror.complete = False
                 await link.close()
                 self._emit(
-                    ev.DISCONNECTED, **self._fields(),
+                    ev.DISCONNECTED,
+                    **self._fields(),
                 )
             if not self._stopping.is_set():
                 self._emit(
-                    ev.AUTO_RECONNECTING, **self._fields(),
+                    ev.AUTO_RECONNECTING,
+                    **self._fields(),
                 )
                 await asyncio.sleep(RECONNECT_DELAYS[0])
 
     async def _connect(self) -> Link:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
-                self.spec.repository_address, self.spec.repository_peer_port,
-                ssl=client_context(), server_hostname=self.spec.repository_name or None,
+                self.spec.repository_address,
+                self.spec.repository_peer_port,
+                ssl=client_context(),
+                server_hostname=self.spec.repository_name or None,
                 limit=64 * 1024 * 1024,
             ),
             timeout=10,
@@ -327,10 +341,19 @@ class ProtectionJob:
         link = Link(reader, writer)
         try:
             check_pinned(writer.get_extra_info("ssl_object"), self.spec.repository_fingerprint)
-            await link.send([m.HELLO, {
-                "proto": m.PROTOCOL_NAME, "version": m.PROTOCOL_VERSION, "job": self.spec.job_id,
-                "token": self.spec.token, "source": self.spec.source_name, "epoch": self.stream.epoch,
-            }])
+            await link.send(
+                [
+                    m.HELLO,
+                    {
+                        "proto": m.PROTOCOL_NAME,
+                        "version": m.PROTOCOL_VERSION,
+                        "job": self.spec.job_id,
+                        "token": self.spec.token,
+                        "source": self.spec.source_name,
+                        "epoch": self.stream.epoch,
+                    },
+                ]
+            )
             await link.flush()
             reply = await asyncio.wait_for(link.recv(), 15)
         except BaseException:
@@ -360,7 +383,9 @@ class ProtectionJob:
             await self._run_mirror(link, checksum=checksum)
             while True:
                 remirror = asyncio.create_task(self._remirror.wait())
-                done, _ = await asyncio.wait({receiver, sender, remirror}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {receiver, sender, remirror}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if remirror in done:
                     self._remirror.clear()
                     checksum = self._checksum_next
@@ -380,7 +405,10 @@ class ProtectionJob:
     async def _run_mirror(self, link: Link, *, checksum: bool) -> None:
         self.mirror = MirrorState(status="Calculating", started=time.time())
         self.replication_status = "Replicating"
-        self._emit(ev.MIRROR_STARTED, **self._fields(),)
+        self._emit(
+            ev.MIRROR_STARTED,
+            **self._fields(),
+        )
         entries = await self._request_manifest(link, checksum)
         view = RemoteView()
         for e in entries:
@@ -402,6 +430,7 @@ class ProtectionJob:
             if self.spec.delete_orphans:
                 for orphan in plan.orphans:
                     self.changes.barrier(Barrier("delete", orphan))
+        view.content_differs.update(plan.content_differs)
         self.changes.mark_many(plan.to_send, mirror=True)
         self.changes.barrier(Barrier("mark", MIRROR_MARK))
 
@@ -472,7 +501,10 @@ class ProtectionJob:
         """Compare source and image now; with ``remirror`` send what differs."""
         if not self.connected or self._link is None:
             raise TwinvaultError(-107, f"job {self.spec.job_id} is not connected to its repository")
-        self._emit(ev.VERIFY_STARTED, **self._fields(),)
+        self._emit(
+            ev.VERIFY_STARTED,
+            **self._fields(),
+        )
         entries = await self._request_manifest(self._link, checksum)
         view = RemoteView()
         for e in entries:
@@ -481,7 +513,10 @@ class ProtectionJob:
         if remirror and (plan.to_send or plan.orphans):
             self._checksum_next = checksum
             self._remirror.set()
-        self._emit(ev.VERIFY_COMPLETED, **self._fields(),)
+        self._emit(
+            ev.VERIFY_COMPLETED,
+            **self._fields(),
+        )
         if plan.differences:
             self._emit(ev.IMAGE_MISMATCH, job=self.spec.job_id, count=len(plan.differences))
         return plan

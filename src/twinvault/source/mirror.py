@@ -27,6 +27,7 @@ class MirrorPlan:
     skipped_bytes: int = 0
     orphans: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)  # for verify reports
+    content_differs: list[str] = field(default_factory=list)  # same size and time, other bytes
 
 
 def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = False) -> MirrorPlan:
@@ -53,7 +54,9 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
     return plan
 
 
-def _walk(root: str, selection: Selection, view: RemoteView, plan: MirrorPlan, seen: set[str], checksum: bool) -> None:
+def _walk(
+    root: str, selection: Selection, view: RemoteView, plan: MirrorPlan, seen: set[str], checksum: bool
+) -> None:
     try:
         st = os.lstat(root)
     except FileNotFoundError:
@@ -104,9 +107,11 @@ def _compare(
     if is_file:
         plan.files_total += 1
         plan.bytes_total += size
-    if remote is not None and _same(st, remote) and (not checksum or not is_file or _same_content(path, remote)):
-        plan.skipped_bytes += size
-        return
+    if remote is not None and _same(st, remote):
+        if not checksum or not is_file or _same_content(path, remote):
+            plan.skipped_bytes += size
+            return
+        plan.content_differs.append(path)
     plan.to_send.append(path)
     plan.bytes_to_send += size
     plan.differences.append(path)

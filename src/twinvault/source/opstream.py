@@ -17,8 +17,8 @@ from twinvault.source.queue import OpQueue, QueuedFrame
 
 @dataclass(slots=True)
 class StreamCounters:
-    mirror_bytes: int = 0        # payload bytes of mirror ops queued
-    replication_bytes: int = 0   # payload bytes of replication ops queued
+    mirror_bytes: int = 0  # payload bytes of mirror ops queued
+    replication_bytes: int = 0  # payload bytes of replication ops queued
     ops: int = 0
 
 

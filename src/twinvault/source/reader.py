@@ -38,7 +38,7 @@ HASH = 32
 class ReadCounters:
     files_sent: int = 0
     bytes_read: int = 0
-    bytes_new: int = 0        # chunk bytes that travelled as data
+    bytes_new: int = 0  # chunk bytes that travelled as data
     bytes_deduplicated: int = 0  # chunk bytes replaced by runs or references
 
 
@@ -108,8 +108,14 @@ class Reader:
             return
         kind = meta.kind
         if kind == "dir":
+            is_new = path not in self.view.entries
             self.stream.emit(m.MKDIR, [m.wire_path(path), meta.to_wire()], replication=replication)
             self.view.sent_other(path, _entry(meta, b""))
+            if is_new and replication and self.selection.contains(path):
+                # A directory the repository has never seen (moved in from outside the
+                # selection, or created faster than capture could watch it): its
+                # entries may never produce events of their own, so walk it.
+                self._mark_children(path)
         elif kind == "symlink":
             self.stream.emit(m.SYMLINK, [m.wire_path(path), meta.to_wire()], replication=replication)
             self.view.sent_other(path, _entry(meta, b""))
@@ -118,6 +124,16 @@ class Reader:
         else:
             self.stream.emit(m.SPECIAL, [m.wire_path(path), meta.to_wire()], replication=replication)
             self.view.sent_other(path, _entry(meta, b""))
+
+    def _mark_children(self, path: str) -> None:
+        try:
+            with os.scandir(path) as it:
+                names = [e.path for e in it]
+        except OSError:
+            return  # gone or unreadable: its own events (or the next mirror) follow
+        for child in names:
+            if not self.selection.excluded(child):
+                self._mark_again(child)
 
     def _is_ancestor(self, path: str) -> bool:
         return any(root.startswith(path.rstrip("/") + "/") for root in self.selection.roots)
@@ -133,6 +149,7 @@ class Reader:
             and old.mtime_ns == meta.mtime_ns
             and old.digests
             and path not in self.view.full_resend
+            and path not in self.view.content_differs
         ):
             # Same size and time as the repository's copy: only metadata can differ.
             self.stream.emit(m.META, [m.wire_path(path), meta.to_wire()], replication=replication)
@@ -301,4 +318,3 @@ class _SegmentPlanner:
 
 def _entry(meta: fsmeta.Meta, digests: bytes) -> RemoteEntry:
     return RemoteEntry(meta.kind, meta.size, meta.mtime_ns, meta.mode, meta.uid, meta.gid, digests)
-

@@ -27,6 +27,9 @@ class RemoteView:
     entries: dict[str, RemoteEntry] = field(default_factory=dict)
     known_chunks: set[bytes] = field(default_factory=set)
     full_resend: set[str] = field(default_factory=set)
+    # Files whose size and time agree but whose content does not (checksum mirror):
+    # they must be sent even though only their metadata looks different.
+    content_differs: set[str] = field(default_factory=set)
 
     def add(self, path: str, entry: RemoteEntry) -> None:
         self.entries[path] = entry
@@ -36,6 +39,7 @@ class RemoteView:
     def sent_file(self, path: str, entry: RemoteEntry) -> None:
         self.add(path, entry)
         self.full_resend.discard(path)
+        self.content_differs.discard(path)
 
     def sent_other(self, path: str, entry: RemoteEntry) -> None:
         self.entries[path] = entry

@@ -154,6 +154,8 @@ def open_group(scope: CaptureScope) -> _Group:
     filesystem without file handles or with a non-uniform fsid such as a btrfs subvolume).
     """
     libc = _libc()
+    if not os.path.isdir("/proc/self/fd"):
+        raise CaptureUnavailable("fanotify capture resolves handles through /proc, which is not mounted")
     # Roots that do not exist are a selection error for the caller, not a capture limit.
     by_dev: dict[int, str] = {}
     for root in scope.real_roots:
@@ -352,7 +354,10 @@ class FanotifyCapture:
         # Queued events on one (directory, name, inode) merge into one mask and lose their
         # order: CREATE|DELETE is create-then-delete or unlink-then-relink. Ask the disk.
         deleted = mask & FAN_DELETE and (not mask & _CONTENT_OR_META or not os.path.lexists(path))
-        out.append(Change(ChangeKind.DELETED if deleted else ChangeKind.CHANGED, reported, is_dir=is_dir))
+        change = Change(ChangeKind.DELETED if deleted else ChangeKind.CHANGED, reported, is_dir=is_dir)
+        # CREATE read before its CLOSE_WRITE was queued cannot merge in the kernel: report once.
+        if not (out and out[-1] == change):
+            out.append(change)
         return True
 
     def _apply_rename(

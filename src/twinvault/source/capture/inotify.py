@@ -72,7 +72,7 @@ DIR_MASK = (
 )
 # An anchor also reports its own move: the roots under it then live at other paths.
 ANCHOR_MASK = DIR_MASK | IN_MOVE_SELF
-_CONTENT_OR_META = IN_ATTRIB
+_CONTENT_OR_META = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB
 
 READ_SIZE = 256 * 1024
 READS_PER_WAKEUP = 16  # then yield the loop; see fanotify.py
@@ -102,20 +102,28 @@ def _libc() -> _Libc:
         raise CaptureUnavailable(f"libc has no inotify calls: {exc}", errno.ENOSYS) from exc
 
 
-def _add_watch(fd: int, path: str, mask: int) -> int:
-    """The watch descriptor, or -errno (callable from the walker thread)."""
-    wd = _libc().inotify_add_watch(fd, os.fsencode(path), mask)
-    return wd if wd >= 0 else -ctypes.get_errno()
-
-
 # The path vanished or changed kind since we saw it; its own event tells the rest.
 _VANISHED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES})
+
+
+def _add_watch(fd: int, path: str, mask: int) -> int:
+    """The watch descriptor, or -ENOSPC / -errno of a path that vanished (thread-safe).
+
+    Any other failure (EBADF after close, ENOMEM) raises: it is not about this path.
+    """
+    wd: int = _libc().inotify_add_watch(fd, os.fsencode(path), mask)
+    if wd >= 0:
+        return wd
+    err = ctypes.get_errno()
+    if err == errno.ENOSPC or err in _VANISHED:
+        return -err
+    raise OSError(err, os.strerror(err), path)
 
 
 class _Dir:
     """A watched directory inside the roots: a root (fixed canonical path) or a named child."""
 
-    __slots__ = ("children", "name", "parent", "root", "wd")
+    __slots__ = ("_prefix", "children", "name", "parent", "root", "wd")
 
     def __init__(self, wd: int, name: str, parent: _Dir | None, root: str | None) -> None:
         self.wd = wd
@@ -123,18 +131,25 @@ class _Dir:
         self.parent = parent
         self.root = root
         self.children: dict[str, _Dir] = {}
+        self._prefix: str | None = None
 
-    def path(self) -> str:
-        names: list[str] = []
-        node = self
-        while node.root is None:
-            names.append(node.name)
-            assert node.parent is not None, "a detached directory has no path"
-            node = node.parent
-        if not names:
-            return node.root
-        names.append(node.root.rstrip("/"))  # the root "/" contributes the leading slash only
-        return "/".join(reversed(names))
+    def prefix(self) -> str:
+        """The path with a trailing slash; cached, since every event in the directory needs it."""
+        if self._prefix is None:
+            if self.root is not None:
+                self._prefix = self.root if self.root.endswith("/") else self.root + "/"
+            else:
+                assert self.parent is not None, "a detached directory has no path"
+                self._prefix = self.parent.prefix() + self.name + "/"
+        return self._prefix
+
+    def forget_paths(self) -> None:
+        """Drop the cached paths of this directory and all below it (it moved)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            node._prefix = None
+            stack.extend(node.children.values())
 
 
 @dataclass(slots=True)
@@ -277,11 +292,9 @@ class InotifyCapture:
         """Watch the directory at `path`; the node, or None if it needs no scan (gone or known)."""
         wd = _add_watch(self._fd, path, DIR_MASK)
         if wd < 0:
-            if -wd == errno.ENOSPC:
+            if wd == -errno.ENOSPC:
                 self._report_limit()
                 self._overflow(out)
-            elif -wd not in _VANISHED:
-                raise OSError(-wd, os.strerror(-wd), path)
             return None
         node = self._dirs.get(wd)
         if node is not None:
@@ -322,6 +335,7 @@ class InotifyCapture:
         else:
             node.parent, node.root, node.name = parent, None, name
             parent.children[name] = node
+        node.forget_paths()
 
     def _detach(self, node: _Dir) -> None:
         if node.parent is not None:
@@ -382,7 +396,7 @@ class InotifyCapture:
             node = self._dirs.get(wd)
             if node is not None:
                 if name:
-                    self._on_entry(mask, cookie, node.path(), (node, name), out, moves)
+                    self._on_entry(mask, cookie, node.prefix() + name, (node, name), out, moves)
                 elif mask & IN_IGNORED:
                     self._drop_tree(node)  # deleted or unmounted: the kernel dropped the watch
                 elif node.root == "/" and mask & _CONTENT_OR_META:
@@ -400,19 +414,17 @@ class InotifyCapture:
                     self._resync()
             elif name in anchor.names:
                 root = os.path.join(anchor.path, name)
-                self._on_entry(mask, cookie, os.path.dirname(root), (None, root), out, moves)
+                self._on_entry(mask, cookie, root, (None, root), out, moves)
 
     def _on_entry(
         self,
         mask: int,
         cookie: int,
-        dir_path: str,
+        path: str,
         place: _Place,
         out: list[Change | None],
         moves: dict[int, _MoveFrom],
     ) -> None:
-        parent, name = place
-        path = name if parent is None else os.path.join(dir_path, name)
         is_dir = bool(mask & IN_ISDIR)
         if mask & IN_MOVED_FROM:
             moved = self._node_at(place) if is_dir else None
@@ -447,7 +459,10 @@ class InotifyCapture:
         return self._roots.get(name) if parent is None else parent.children.get(name)
 
     def _emit(self, out: list[Change | None], kind: ChangeKind, path: str, is_dir: bool) -> None:
-        out.append(self._change(kind, path, is_dir))
+        change = self._change(kind, path, is_dir)
+        # A write is IN_CREATE/IN_MODIFY.../IN_CLOSE_WRITE back to back: one report is enough.
+        if change is not None and not (out and out[-1] == change):
+            out.append(change)
 
     def _change(self, kind: ChangeKind, path: str, is_dir: bool, new_path: str = "") -> Change | None:
         reported = self._scope.report(path)

@@ -1,0 +1,250 @@
+"""Shared plumbing of the benchmarks: two real hosts, a job, its status, and fair timing.
+
+`Testbed` starts two real twinvault hosts (``alpha`` the source, ``beta`` the repository)
+with `tests.helpers.hosts`, under one temp dir that also holds the corpora and the
+reference tool's destination, so both tools read and write the same filesystem. Jobs are
+created and stopped with the real ``twinvault`` CLI; while a benchmark waits, it polls
+``GET /api/jobs/JOB`` in-process with the CLI's own `ApiClient` (the call behind
+``twinvault job show JOB --json``), because spawning a CLI process every 100 ms would
+steal a core from the daemons on a 2-core machine.
+
+Caches: `drop_caches` runs ``sync; echo 3 > /proc/sys/vm/drop_caches`` (root only) and
+every benchmark says in its output whether it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for tests.helpers (the project's host fixture)
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+from tests.helpers.hosts import Console, TestHost, running_hosts  # noqa: E402
+from twinvault.cli.client import ApiClient, CredentialCache  # noqa: E402
+
+POLL = 0.1  # seconds between status polls while timing: the timing resolution
+
+
+def drop_caches() -> bool:
+    """Flush dirty pages and drop the page, dentry and inode caches; False if not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def caches_note(dropped: bool) -> str:
+    return "caches dropped before each timed side" if dropped else "caches NOT dropped (not root?)"
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB, from /proc/PID/status."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+def tree_bytes(root: str) -> tuple[int, int]:
+    """(regular files, their total bytes) under `root`."""
+    files = total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            files += 1
+            total += st.st_size
+    return files, total
+
+
+def mb(n: float) -> float:
+    return n / 1e6
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "n/a"
+
+
+def row(figure: str, ours: str, theirs: str, r: str) -> None:
+    print(f"  {figure:<44} twinvault {ours:>14}   rsync {theirs:>14}   ratio {r:>6}", flush=True)
+
+
+@contextlib.contextmanager
+def bench_dir(keep: bool = False) -> Iterator[Path]:
+    """One temp dir for corpora, hosts and the reference's destination (same filesystem)."""
+    base = Path(tempfile.mkdtemp(prefix="tv-bench-", dir=os.environ.get("TV_BENCH_DIR")))
+    try:
+        yield base
+    finally:
+        if keep:
+            print(f"(kept {base})")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Timed:
+    seconds: float
+    view: dict[str, Any]
+
+
+class Testbed:
+    """Two running hosts: `source` (alpha) and `repository` (beta)."""
+
+    def __init__(self, console: Console, source: TestHost, repository: TestHost) -> None:
+        self.console = console
+        self.source = source
+        self.repository = repository
+
+    # -- API --------------------------------------------------------------------------
+
+    def client(self, host: TestHost) -> ApiClient:
+        return ApiClient.for_host(host.api, CredentialCache(self.console.config_dir))
+
+    def job(self, job: str) -> dict[str, Any]:
+        """What ``twinvault job show JOB --server SOURCE --json`` prints."""
+        view: dict[str, Any] = self.client(self.source).call("GET", f"/api/jobs/{job}")
+        return view
+
+    def source_pid(self) -> int:
+        pid: int = self.client(self.source).call("GET", "/api/host")["pid"]
+        return pid
+
+    def repository_pid(self) -> int:
+        pid: int = self.client(self.repository).call("GET", "/api/host")["pid"]
+        return pid
+
+    # -- CLI ----------------------------------------------------------------------------
+
+    def protect(self, *dirs: str) -> tuple[str, str]:
+        """Create a job over `dirs`; return (job id, image location)."""
+        out = self.console.json(
+            "protect", "--source", self.source.api, "--repository", self.repository.api, "--data", *dirs
+        )
+        return out["job"], out["image_location"]
+
+    def stop_job(self, job: str) -> None:
+        self.console.run("job", "stop", job, "--server", self.source.api)
+
+    def resume_job(self, job: str) -> None:
+        self.console.run("job", "resume", job, "--server", self.source.api)
+
+    def delete_job(self, job: str) -> None:
+        self.console.run("job", "delete", job, "--server", self.source.api)
+
+    def restart_source(self, *, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with `kill`) and start the source host with the same home."""
+        if kill:
+            self.source.kill9()
+        else:
+            self.source.stop()
+        self.source.start(self.console)
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait_protected(
+        self,
+        job: str,
+        started: float,
+        timeout: float = 3600,
+        on_poll: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Timed:
+        """Poll until mirror Idle and recovery available; seconds since `started` (perf_counter).
+
+        Connection refusals while a host restarts count as "not yet".
+        """
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.job(job)
+            except Exception as exc:  # the daemon is restarting or busy: try again
+                last = {"error": str(exc)}
+            else:
+                if on_poll is not None:
+                    on_poll(last)
+                if last.get("mirror", {}).get("status") == "Idle" and last.get("recovery_available"):
+                    return Timed(time.perf_counter() - started, last)
+            time.sleep(POLL)
+        raise TimeoutError(
+            f"job {job} not protected after {timeout}s; last status {_brief(last)}\n"
+            f"source log tail:\n{self.log_tail(self.source)}"
+        )
+
+    def wait_replicated(self, job: str, timeout: float = 600) -> dict[str, Any]:
+        """Poll until nothing waits to be replicated: no pending paths, nothing queued."""
+        deadline = time.monotonic() + timeout
+        quiet_since = 0.0
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.job(job)
+            rep = last["replication"]
+            if rep["pending_paths"] == 0 and rep["bytes_queued"] == 0 and last["mirror"]["status"] == "Idle":
+                if not quiet_since:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > 1.0:  # stays quiet for a second
+                    return last
+            else:
+                quiet_since = 0.0
+            time.sleep(POLL)
+        raise TimeoutError(f"job {job} still replicating after {timeout}s; last status {_brief(last)}")
+
+    @staticmethod
+    def log_tail(host: TestHost, chars: int = 3000) -> str:
+        try:
+            return (host.home / "serve.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no serve.log)"
+
+
+def _brief(view: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "status",
+        "health",
+        "percent_complete",
+        "total_sent_bytes",
+        "wire_bytes",
+        "transmit_status",
+        "recovery_available",
+        "last_error",
+        "error",
+    )
+    out = {k: view[k] for k in keys if k in view}
+    if "mirror" in view:
+        out["mirror"] = {k: view["mirror"][k] for k in ("status", "percent_complete", "remaining_bytes")}
+    return out
+
+
+@contextlib.contextmanager
+def testbed(base: Path) -> Iterator[Testbed]:
+    """Start alpha (source) and beta (repository) under `base`; stop them afterwards."""
+    with running_hosts(base, "alpha", "beta") as (console, hosts):
+        yield Testbed(console, hosts[0], hosts[1])
+
+
+def image_path(image_location: str, source_path: str) -> str:
+    """Where the repository keeps `source_path`: the image root, then the absolute path."""
+    return image_location.rstrip("/") + os.path.abspath(source_path)
+
+
+def run_quiet(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
