@@ -10,9 +10,10 @@ so "the image equals the source" is `compare_trees(root, image_root + root)`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,15 @@ class Protection:
     """One protection job's data path, source to image, in one process."""
 
     def __init__(
-        self, tmp: Path, roots: list[str], excludes: Iterable[str] = (), *, retry_limit: int = 0
+        self,
+        tmp: Path,
+        roots: list[str],
+        excludes: Iterable[str] = (),
+        *,
+        image_root: Path | None = None,
+        emit: Callable[..., Any] | None = None,
+        retry_limit: int = 0,
+        retry_delays: tuple[float, ...] = (0.05,),
     ) -> None:
         self.tmp = tmp
         self.selection = Selection.build(roots, list(excludes))
@@ -82,13 +91,17 @@ class Protection:
         self.marked_again: list[str] = []
         self.view = RemoteView()
         self.reader = Reader(self.selection, self.view, self.stream, self.marked_again.append)
-        self.image_root = tmp / "image"
-        self.tree = ImageTree(self.image_root)
-        self.index = ImageIndex(tmp / "image-index.db")
+        self.image_root = image_root or tmp / "image"
         self.events: list[tuple[int, dict[str, Any]]] = []
-        self.applier = Applier(
-            self.tree, self.index, self.record_event, retry_limit=retry_limit, retry_delays=(0.05,)
-        )
+        self._emit = emit or self.record_event
+        self._retry = (retry_limit, retry_delays)
+        self._open_repository()
+
+    def _open_repository(self) -> None:
+        self.tree = ImageTree(self.image_root)
+        self.index = ImageIndex(self.tmp / "image-index.db")
+        limit, delays = self._retry
+        self.applier = Applier(self.tree, self.index, self._emit, retry_limit=limit, retry_delays=delays)
 
     def record_event(self, event_id: int, **fields: Any) -> None:
         self.events.append((event_id, fields))
@@ -96,6 +109,11 @@ class Protection:
     def close(self) -> None:
         self.index.close()
         self.tree.close()
+
+    def new_session(self) -> None:
+        """The repository side of a new connection: fresh tree, index and applier, as the receiver opens them."""
+        self.close()
+        self._open_repository()
 
     # -- the source side ---------------------------------------------------------------
 
@@ -356,6 +374,21 @@ def test_files_that_grew_shrank_got_holes_or_changed_kind_are_replicated_exactly
     assert job.temporaries() == []
 
 
+def test_a_file_only_touched_travels_as_runs_of_the_image_copy(job: Protection, src: str) -> None:
+    make_source(src)
+    job.mirror()
+    small = os.path.join(src, "nested", "a", "b", "c", "deep.txt")
+    big = os.path.join(src, "big", "random-9m.bin")
+    for path in (small, big):
+        os.utime(path, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    result = job.replicate(small, big)
+    assert result.kinds() == [m.FILE, m.FBEGIN, m.FDATA, m.FEND]
+    assert result.data_bytes() == 0
+    assert {seg[0] for seg in result.segments()} == {m.SEG_RUN}
+    assert result.statuses() == {"ok"}
+    assert_trees_equal(src, job.image_path(src))
+
+
 def test_a_chmod_sends_one_meta_op_and_no_content(job: Protection, src: str) -> None:
     make_source(src)
     job.mirror()
@@ -440,7 +473,8 @@ def test_replication_frames_resent_after_a_reconnect_leave_the_image_unchanged(
     while (item := job.queue.take()) is not None:
         taken.append(item.seq)
         job.applier.apply(decode_body(item.frame[4:]))
-    # Applied, but the link broke before the acknowledgement came back.
+    # Applied, but the repository crashed before its group commit: nothing was acknowledged
+    # and its stream position does not cover these ops, so the source resends all of them.
     job.queue.rewind()
     resent = job.transfer()
     assert [msg[1] for msg in resent.messages] == taken
@@ -475,9 +509,8 @@ def test_a_change_to_a_hard_linked_file_reaches_every_name_in_the_image(job: Pro
     path = os.path.join(src, "links", "hard-1")
     overwrite(path, 100, b"new bytes in a file with two names")
     result = job.replicate(path)
-    assert result.data_bytes() > 0
-    assert compare_trees(src, job.image_path(src), ignore=["links"], root_meta=True) == []
-    assert compare_trees(os.path.join(src, "links"), job.image_path(os.path.join(src, "links"))) == []
+    assert result.data_bytes() > 0, "the new bytes never left the source"
+    assert_trees_equal(src, job.image_path(src))
 
 
 @pytest.mark.xfail(
@@ -553,6 +586,24 @@ def test_a_need_leaves_the_image_directory_times_as_they_were(job: Protection, s
     assert_trees_equal(src, job.image_path(src))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Applier._meta (and _link for its existing name) call ImageTree.parent outside the "
+    "try that turns a missing entry into NeedData, so a missing image directory is retried and discarded",
+)
+def test_a_meta_op_for_a_file_whose_image_directory_vanished_is_answered_need(job: Protection, src: str) -> None:
+    make_rich_tree(src, seed=14)
+    job.mirror()
+    shutil.rmtree(job.image_path(os.path.join(src, "nested", "a")))  # someone pruned the image by hand
+    job.new_session()
+    path = os.path.join(src, "nested", "a", "b", "c", "deep.txt")
+    os.chmod(path, 0o604)
+    result = job.replicate(path)
+    assert result.kinds() == [m.META]
+    assert [o.status for o in result.outcomes] == ["need"]
+    assert job.events == [], "a wrong hint is not a write failure"
+
+
 # --- a hostile source cannot write outside the image ------------------------------------------
 
 HOSTILE_PATHS = [b"/../etc/x", b"/a/../../x", b"relative", b"/a/./b", b"/a/\0/b", b""]
@@ -593,10 +644,7 @@ def test_a_path_that_could_escape_the_image_is_refused(
     victim = os.path.join(src, "victim")
     write(victim, b"mine")
     job.mirror()
-    fifo = fsmeta.read_meta(victim)
-    meta = fsmeta.Meta(
-        **{**{f: getattr(fifo, f) for f in fifo.__slots__}, "kind": "fifo", "size": 0}
-    ).to_wire()
+    meta = dataclasses.replace(fsmeta.read_meta(victim), kind="fifo", size=0).to_wire()
     before = snapshot_outside(str(tmp_path), str(job.image_root))
     image_before = compare_trees(src, job.image_path(src))
     for op in hostile_ops(path, meta, m.wire_path(victim)):

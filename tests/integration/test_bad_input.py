@@ -1,0 +1,140 @@
+"""Bad input through the console: clear errors with catalog codes, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from tests.helpers.hosts import PASSWORD, Console, TestHost
+from tests.helpers.protection import event_ids, protect, wait_idle
+
+Hosts = tuple[Console, TestHost, TestHost]
+
+
+def _error(proc_stdout: str) -> dict[str, object]:
+    err: dict[str, object] = json.loads(proc_stdout)["error"]
+    return err
+
+
+def test_wrong_password_is_refused_counted_and_logged(two_hosts: Hosts) -> None:
+    console, alpha, _ = two_hosts
+    proc = console.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
+                       stdin="wrong\n", check=False)
+    assert proc.returncode != 0
+    assert _error(proc.stdout)["code"] == -1009
+    assert "error -1009" in proc.stderr
+    assert 9000 in event_ids(alpha)
+    # The cached login from before still works: nothing was lost.
+    assert console.json("jobs", "--server", alpha.api) == {"jobs": []}
+
+
+def test_unknown_host_without_login_names_the_fix(two_hosts: Hosts) -> None:
+    console, _, _ = two_hosts
+    proc = console.run("jobs", "--server", "nowhere.invalid:6340", "--json", check=False)
+    assert proc.returncode != 0
+    err = _error(proc.stdout)
+    assert err["code"] == -1000
+    assert "twinvault login" in str(err["message"])
+
+
+def test_unpinned_and_changed_fingerprints_are_refused(two_hosts: Hosts, tmp_path: Path) -> None:
+    _, alpha, _ = two_hosts
+    fresh = Console(tmp_path / "fresh-console")
+    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
+                     stdin=PASSWORD + "\n", check=False)
+    assert _error(proc.stdout)["code"] == -1002
+    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
+                     "--accept-fingerprint", "00" * 32, stdin=PASSWORD + "\n", check=False)
+    assert _error(proc.stdout)["code"] == -1001
+    # Pin the real one, then make the host present another certificate.
+    fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--trust-on-first-use",
+              stdin=PASSWORD + "\n")
+    creds_file = tmp_path / "fresh-console" / "credentials.json"
+    assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
+    creds = json.loads(creds_file.read_text())
+    for c in creds.values():
+        c["fingerprint"] = "ab" * 32
+    creds_file.write_text(json.dumps(creds))
+    proc = fresh.run("jobs", "--server", alpha.api, "--json", check=False)
+    assert _error(proc.stdout)["code"] == -1001
+    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
+                     stdin=PASSWORD + "\n", check=False)
+    assert _error(proc.stdout)["code"] == -1001
+
+
+def test_missing_or_unreadable_selection_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
+                       "--data", str(tmp_path / "does-not-exist"), "--json", check=False)
+    assert _error(proc.stdout)["code"] == -140
+    assert console.json("jobs", "--server", beta.api)["jobs"] == []  # nothing left behind
+    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
+                       "--data", "relative/path", "--json", check=False)
+    assert _error(proc.stdout)["code"] == -101
+
+
+def test_unreadable_selection_for_an_unprivileged_daemon(tmp_path: Path) -> None:
+    # Root reads everything, so unreadability is shown with a directory the daemon
+    # cannot list: a FUSE-less way is a path through a file (ENOTDIR).
+    from tests.helpers.hosts import running_hosts
+
+    with running_hosts(tmp_path, "alpha", "beta") as (console, (alpha, beta)):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("x")
+        proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
+                           "--data", str(blocker / "inside"), "--json", check=False)
+        assert _error(proc.stdout)["code"] in (-140, -142)
+
+
+def test_repository_path_prefix_not_writable(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    blocker = tmp_path / "prefix-is-a-file"
+    blocker.write_text("not a directory")
+    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api, "--data", str(src),
+                       "--path-prefix", str(blocker), "--json", check=False)
+    assert _error(proc.stdout)["code"] == -1006
+    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api, "--data", str(src),
+                       "--path-prefix", "relative", "--json", check=False)
+    assert _error(proc.stdout)["code"] == -218
+
+
+def test_selection_holding_the_repository_image_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    proc = console.run("protect", "--source", beta.api, "--repository", beta.api,
+                       "--data", str(tmp_path), "--json", check=False)
+    assert _error(proc.stdout)["code"] == -1013
+
+
+def test_unknown_job_and_repeated_stop(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    for action in ("show", "stop", "resume", "delete", "verify"):
+        proc = console.run("job", action, "nosuchjob", "--server", alpha.api, "--json", check=False)
+        assert proc.returncode != 0
+        assert _error(proc.stdout)["code"] == -107
+    src = tmp_path / "src"
+    src.mkdir()
+    job, _ = protect(console, alpha, beta, src)
+    wait_idle(console, alpha, job)
+    console.run("job", "stop", job, "--server", alpha.api)
+    proc = console.run("job", "stop", job, "--server", alpha.api, "--json", check=False)
+    assert _error(proc.stdout)["code"] == -1014
+    proc = console.run("job", "verify", job, "--server", alpha.api, "--json", check=False)
+    assert _error(proc.stdout)["code"] == -107
+
+
+def test_api_refuses_requests_without_a_valid_token(two_hosts: Hosts, tmp_path: Path) -> None:
+    _, alpha, _ = two_hosts
+    from twinvault.cli.client import ApiClient, CredentialCache
+    from twinvault.ops.errors import TwinvaultError
+
+    cred = CredentialCache(tmp_path / "console").get(alpha.api)
+    client = ApiClient(alpha.api, cred.fingerprint, "forged-token")
+    try:
+        client.call("GET", "/api/jobs")
+    except TwinvaultError as exc:
+        assert exc.code == -1010
+    else:
+        raise AssertionError("a forged token was accepted")
