@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             steady_mb = steady * 1024 / 1e6
             rs = f"{rsync_kib * 1024 / 1e6:.1f} MB" if rsync_kib else "n/a"
             print(
-                f"  figure: source peak {peak_mb:.1f} MB, steady {steady_mb:.1f} MB; rsync sender-side max RSS {rs}"
+                f"  figure: source peak {peak_mb:.1f} MB, steady {steady_mb:.1f} MB; rsync largest process max RSS {rs}"
                 + (f"; ratio peak/rsync {peak_mb / (rsync_kib * 1024 / 1e6):.2f}" if rsync_kib else "")
             )
             print(

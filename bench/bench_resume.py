@@ -122,8 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             restarted = time.perf_counter()
+            restarted_wall = time.time()
             tb.source.start(tb.console)
             done = tb.wait_protected(job, restarted)
+            # One connection and one mirror are expected; more means the restarted mirror was cut.
+            counts = {eid: 0 for eid in (4016, 4017, 4019, 4023)}
+            for e in tb.source.events():
+                if e.get("time", 0) >= restarted_wall and e.get("id") in counts:
+                    counts[e["id"]] += 1
+            print(
+                f"source events since the restart: {counts[4016]} connected, {counts[4017]} disconnected, "
+                f"{counts[4019]} mirrors started, {counts[4023]} completed"
+            )
             resent = int(done.view["total_sent_bytes"])
             wire = int(done.view["wire_bytes"])
             print(

@@ -65,6 +65,47 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of `pid`, by thread id (tid == pid: main)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
+class CpuMeter:
+    """CPU used by a daemon between `start` and `stop`: its event-loop thread and the others."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._before: dict[int, float] = {}
+        self.loop = self.others = 0.0
+
+    def start(self) -> CpuMeter:
+        self._before = thread_cpu(self.pid)
+        return self
+
+    def stop(self) -> CpuMeter:
+        after = thread_cpu(self.pid)
+        # Threads that ended in between are lost; the daemons keep theirs for a job's life.
+        deltas = {t: v - self._before.get(t, 0.0) for t, v in after.items()}
+        self.loop = deltas.pop(self.pid, 0.0)
+        self.others = sum(deltas.values())
+        return self
+
+    def describe(self, wall: float) -> str:
+        return (
+            f"event loop {self.loop:.1f} s ({100 * self.loop / wall:.0f}%), other threads "
+            f"{self.others:.1f} s ({100 * self.others / wall:.0f}%)"
+        )
+
+
 def tree_bytes(root: str) -> tuple[int, int]:
     """(regular files, their total bytes) under `root`."""
     files = total = 0

@@ -33,13 +33,17 @@ def free_port() -> int:
 class Console:
     config_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    netns: str | None = None  # run the console inside this network namespace
 
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "TWINVAULT_CONFIG": str(self.config_dir), **self.env}
+        argv = [sys.executable, "-m", "twinvault.cli.main", *args]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         proc = subprocess.run(
-            [sys.executable, "-m", "twinvault.cli.main", *args],
+            argv,
             input=stdin,
             capture_output=True,
             text=True,
@@ -59,6 +63,8 @@ class Console:
 
 @dataclass
 class TestHost:
+    __test__ = False  # not a pytest test class
+
     name: str
     home: Path
     api_port: int
@@ -152,8 +158,10 @@ def make_host(
 
 
 @contextmanager
-def running_hosts(base: Path, *names: str, **kw: Any) -> Iterator[tuple[Console, list[TestHost]]]:
-    console = Console(base / "console")
+def running_hosts(
+    base: Path, *names: str, console: Console | None = None, **kw: Any
+) -> Iterator[tuple[Console, list[TestHost]]]:
+    console = console or Console(base / "console")
     hosts = [make_host(base, n, console, **kw) for n in names]
     try:
         for h in hosts:

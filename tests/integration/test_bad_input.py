@@ -19,8 +19,9 @@ def _error(proc_stdout: str) -> dict[str, object]:
 
 def test_wrong_password_is_refused_counted_and_logged(two_hosts: Hosts) -> None:
     console, alpha, _ = two_hosts
-    proc = console.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
-                       stdin="wrong\n", check=False)
+    proc = console.run(
+        "login", alpha.api, "--user", "admin", "--password-stdin", "--json", stdin="wrong\n", check=False
+    )
     assert proc.returncode != 0
     assert _error(proc.stdout)["code"] == -1009
     assert "error -1009" in proc.stderr
@@ -41,15 +42,40 @@ def test_unknown_host_without_login_names_the_fix(two_hosts: Hosts) -> None:
 def test_unpinned_and_changed_fingerprints_are_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     _, alpha, _ = two_hosts
     fresh = Console(tmp_path / "fresh-console")
-    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
-                     stdin=PASSWORD + "\n", check=False)
+    proc = fresh.run(
+        "login",
+        alpha.api,
+        "--user",
+        "admin",
+        "--password-stdin",
+        "--json",
+        stdin=PASSWORD + "\n",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -1002
-    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
-                     "--accept-fingerprint", "00" * 32, stdin=PASSWORD + "\n", check=False)
+    proc = fresh.run(
+        "login",
+        alpha.api,
+        "--user",
+        "admin",
+        "--password-stdin",
+        "--json",
+        "--accept-fingerprint",
+        "00" * 32,
+        stdin=PASSWORD + "\n",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -1001
     # Pin the real one, then make the host present another certificate.
-    fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--trust-on-first-use",
-              stdin=PASSWORD + "\n")
+    fresh.run(
+        "login",
+        alpha.api,
+        "--user",
+        "admin",
+        "--password-stdin",
+        "--trust-on-first-use",
+        stdin=PASSWORD + "\n",
+    )
     creds_file = tmp_path / "fresh-console" / "credentials.json"
     assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
     creds = json.loads(creds_file.read_text())
@@ -58,19 +84,45 @@ def test_unpinned_and_changed_fingerprints_are_refused(two_hosts: Hosts, tmp_pat
     creds_file.write_text(json.dumps(creds))
     proc = fresh.run("jobs", "--server", alpha.api, "--json", check=False)
     assert _error(proc.stdout)["code"] == -1001
-    proc = fresh.run("login", alpha.api, "--user", "admin", "--password-stdin", "--json",
-                     stdin=PASSWORD + "\n", check=False)
+    proc = fresh.run(
+        "login",
+        alpha.api,
+        "--user",
+        "admin",
+        "--password-stdin",
+        "--json",
+        stdin=PASSWORD + "\n",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -1001
 
 
 def test_missing_or_unreadable_selection_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     console, alpha, beta = two_hosts
-    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
-                       "--data", str(tmp_path / "does-not-exist"), "--json", check=False)
+    proc = console.run(
+        "protect",
+        "--source",
+        alpha.api,
+        "--repository",
+        beta.api,
+        "--data",
+        str(tmp_path / "does-not-exist"),
+        "--json",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -140
     assert console.json("jobs", "--server", beta.api)["jobs"] == []  # nothing left behind
-    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
-                       "--data", "relative/path", "--json", check=False)
+    proc = console.run(
+        "protect",
+        "--source",
+        alpha.api,
+        "--repository",
+        beta.api,
+        "--data",
+        "relative/path",
+        "--json",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -101
 
 
@@ -82,8 +134,17 @@ def test_unreadable_selection_for_an_unprivileged_daemon(tmp_path: Path) -> None
     with running_hosts(tmp_path, "alpha", "beta") as (console, (alpha, beta)):
         blocker = tmp_path / "a-file"
         blocker.write_text("x")
-        proc = console.run("protect", "--source", alpha.api, "--repository", beta.api,
-                           "--data", str(blocker / "inside"), "--json", check=False)
+        proc = console.run(
+            "protect",
+            "--source",
+            alpha.api,
+            "--repository",
+            beta.api,
+            "--data",
+            str(blocker / "inside"),
+            "--json",
+            check=False,
+        )
         assert _error(proc.stdout)["code"] in (-140, -142)
 
 
@@ -93,18 +154,49 @@ def test_repository_path_prefix_not_writable(two_hosts: Hosts, tmp_path: Path) -
     src.mkdir()
     blocker = tmp_path / "prefix-is-a-file"
     blocker.write_text("not a directory")
-    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api, "--data", str(src),
-                       "--path-prefix", str(blocker), "--json", check=False)
+    proc = console.run(
+        "protect",
+        "--source",
+        alpha.api,
+        "--repository",
+        beta.api,
+        "--data",
+        str(src),
+        "--path-prefix",
+        str(blocker),
+        "--json",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -1006
-    proc = console.run("protect", "--source", alpha.api, "--repository", beta.api, "--data", str(src),
-                       "--path-prefix", "relative", "--json", check=False)
+    proc = console.run(
+        "protect",
+        "--source",
+        alpha.api,
+        "--repository",
+        beta.api,
+        "--data",
+        str(src),
+        "--path-prefix",
+        "relative",
+        "--json",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -218
 
 
 def test_selection_holding_the_repository_image_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     console, alpha, beta = two_hosts
-    proc = console.run("protect", "--source", beta.api, "--repository", beta.api,
-                       "--data", str(tmp_path), "--json", check=False)
+    proc = console.run(
+        "protect",
+        "--source",
+        beta.api,
+        "--repository",
+        beta.api,
+        "--data",
+        str(tmp_path),
+        "--json",
+        check=False,
+    )
     assert _error(proc.stdout)["code"] == -1013
 
 

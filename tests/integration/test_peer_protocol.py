@@ -60,7 +60,10 @@ def _closed(sock: ssl.SSLSocket) -> bool:
 
 
 def _hello(version: int, job: str = "x", token: str = "y") -> list[Any]:
-    return ["hello", {"proto": "twinvault", "version": version, "job": job, "token": token, "source": "t", "epoch": 1}]
+    return [
+        "hello",
+        {"proto": "twinvault", "version": version, "job": job, "token": token, "source": "t", "epoch": 1},
+    ]
 
 
 def test_hostile_frames_drop_the_link_and_the_daemon_keeps_serving(two_hosts: Hosts, tmp_path: Path) -> None:
@@ -101,7 +104,7 @@ def test_newer_source_is_refused_older_source_is_accepted(two_hosts: Hosts, tmp_
     console, alpha, beta = two_hosts
     src = tmp_path / "src"
     src.mkdir()
-    job, _ = protect(console, alpha, beta, src)
+    job, image = protect(console, alpha, beta, src)
     wait_idle(console, alpha, job)
     token = __import__("json").loads((beta.home / "repository" / "jobs" / f"{job}.json").read_text())["token"]
     with _tls(beta) as s:
@@ -109,8 +112,11 @@ def test_newer_source_is_refused_older_source_is_accepted(two_hosts: Hosts, tmp_
         reply = _read(s)
     assert reply is not None and reply[0] == "refuse" and reply[1] == -157
     # Version 1 (the oldest this repository speaks) with the right credential is
-    # welcomed — but the job is connected already, so a second stream is refused.
+    # welcomed; it replaces the live link, as a restarted source would.
     with _tls(beta) as s:
         s.sendall(_frame(_hello(1, job=job, token=token)))
         reply = _read(s)
-    assert reply is not None and reply[0] == "refuse" and reply[1] == -106
+    assert reply is not None and reply[0] == "welcome" and reply[1]["version"] == 1
+    # ... and the real source takes its job back.
+    (src / "later").write_text("later")
+    wait_equal(src, in_image(image, src))

@@ -90,10 +90,6 @@ def test_a_garbage_body_is_a_malformed_frame(body: bytes) -> None:
     assert info.value.code == MALFORMED_FRAME
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_body lets msgpack's TypeError (unhashable map key) escape instead of MALFORMED_FRAME",
-)
 @pytest.mark.parametrize(
     "body",
     [

@@ -33,7 +33,7 @@ def encode_frame(message: list[Any]) -> bytes:
 def decode_body(body: bytes) -> list[Any]:
     try:
         message = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise TwinvaultError(MALFORMED_FRAME, f"undecodable body: {exc}") from exc
     if not isinstance(message, list) or not message or not isinstance(message[0], str):
         raise TwinvaultError(MALFORMED_FRAME, "body is not a [kind, ...] array")

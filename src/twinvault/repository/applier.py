@@ -14,6 +14,7 @@ after retries, 4150 when the retry limit discards the op). Runs in a worker thre
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -91,7 +92,9 @@ class Applier:
         *,
         retry_limit: int = 10,
         retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
+        on_retrying: Callable[[bool], None] = lambda retrying: None,
     ) -> None:
+        self._on_retrying = on_retrying
         self.tree = tree
         self.index = index
         self._emit = emit
@@ -99,10 +102,20 @@ class Applier:
         self._delays = retry_delays
         self._stopping = threading.Event()
         self._xfer: _FileTransfer | None = None
-        self.retrying = False
+        self._retrying = False
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def retrying(self) -> bool:
+        return self._retrying
+
+    @retrying.setter
+    def retrying(self, value: bool) -> None:
+        if value != self._retrying:
+            self._retrying = value
+            self._on_retrying(value)
 
     def abort_transfer(self) -> None:
         """Discard a half-received file (the connection ended mid-file)."""
@@ -211,14 +224,18 @@ class Applier:
 
     def _meta(self, seq: int, msg: list[Any]) -> Outcome:
         path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
-        dir_fd, name = self.tree.parent(path, create=False) if path != b"/" else (-1, b"")
-        target = self.tree.real_path(b"") if path == b"/" else self.tree.proc_path(dir_fd, name)
         try:
+            dir_fd, name = self.tree.parent(path, create=False) if path != b"/" else (-1, b"")
+            target = self.tree.real_path(b"") if path == b"/" else self.tree.proc_path(dir_fd, name)
             st = os.lstat(target)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise NeedData(os.fsdecode(path)) from exc
         if _kind_of(st.st_mode) != meta.kind or (meta.kind == "file" and st.st_size != meta.size):
             raise NeedData(os.fsdecode(path))
+        if meta.kind == "file" and len(msg) > 4 and msg[4]:
+            current = self._current_file(path)
+            if current is None or blake3.blake3(_digests(current)).digest() != msg[4]:
+                raise NeedData(os.fsdecode(path))
         fsmeta.apply_meta(os.fsdecode(target), meta)
         if meta.kind == "file":
             self.index.update_mtime(path, meta.mtime_ns)
@@ -247,8 +264,16 @@ class Applier:
 
     def _link(self, seq: int, msg: list[Any]) -> Outcome:
         path, existing = msg[2], msg[3]
-        src_fd, src_name = self.tree.parent(existing, create=False)
+        try:
+            src_fd, src_name = self.tree.parent(existing, create=False)
+            target = os.lstat(src_name, dir_fd=src_fd)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NeedData(os.fsdecode(path)) from exc
         dir_fd, name = self.tree.parent(path, create=True)
+        with contextlib.suppress(FileNotFoundError):
+            here = os.lstat(name, dir_fd=dir_fd)
+            if (here.st_dev, here.st_ino) == (target.st_dev, target.st_ino):
+                return Outcome(seq, "ok", path)  # already linked (a resent op)
         temp = self._temp_name()
         with _ParentTimes(dir_fd):
             try:
@@ -448,10 +473,11 @@ class Applier:
         if x.fd >= 0:
             os.close(x.fd)
             x.fd = -1
-        try:
-            os.unlink(x.temp_name, dir_fd=x.dir_fd)
-        except OSError:
-            log.warning("could not remove temporary %r", x.temp_name)
+            try:
+                os.unlink(x.temp_name, dir_fd=x.dir_fd)
+                _restore_times(x.dir_fd, x.parent_times)
+            except OSError:
+                log.warning("could not remove temporary %r", x.temp_name)
         if not keep_state:
             self._xfer = None
 

@@ -34,6 +34,9 @@ from twinvault.repository.manifest import manifest_batches
 log = logging.getLogger(__name__)
 
 ACK_INTERVAL = 0.05
+# A source sends at least a status frame every few seconds; silence this long means
+# the link is dead even if TCP has not noticed (a cut cable sends no reset).
+PEER_TIMEOUT = 20.0
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 Emit = Callable[..., Any]
 
@@ -50,6 +53,7 @@ class ImageJob:
     created: float = 0.0
     connected: bool = False
     peer: str = ""
+    link: Any = None  # the live session's link, closed when the source reconnects
     last_status: dict[str, Any] = field(default_factory=dict)
     ops_applied: int = 0
     bytes_received: int = 0
@@ -80,6 +84,7 @@ class Session:
         self._retry_limit = retry_limit
         self._epoch = epoch
         self._pending: list[list[Any]] = []
+        self._applying = False
         self._pending_bytes = 0
         self._has_work = asyncio.Event()
         self._room = asyncio.Event()
@@ -93,13 +98,16 @@ class Session:
 
     async def run(self) -> None:
         await self._in_thread(self._open)
-        tasks = [
-            asyncio.create_task(self._receive()),
-            asyncio.create_task(self._apply_loop()),
-            asyncio.create_task(self._ack_loop()),
-        ]
+        receive = asyncio.create_task(self._receive())
+        apply = asyncio.create_task(self._apply_loop())
+        ack = asyncio.create_task(self._ack_loop())
+        tasks = [receive, apply, ack]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if receive in done and apply not in done:
+                # The source went away: every op that arrived whole is still applied
+                # (a killed source's restarted mirror then skips it).
+                await self._drain(apply)
             for task in done:
                 task.result()
         finally:
@@ -112,13 +120,25 @@ class Session:
             await self._in_thread(self._close)
             self._executor.shutdown(wait=False)
 
+    async def _drain(self, apply: asyncio.Task[None]) -> None:
+        deadline = self._loop.time() + 120
+        while (self._pending or self._applying) and not apply.done() and self._loop.time() < deadline:
+            self._has_work.set()
+            await asyncio.sleep(0.02)
+
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return self._loop.run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> None:
         self.tree = ImageTree(Path(self.job.image_root))
         self.index = ImageIndex(self._index_path)
-        self.applier = Applier(self.tree, self.index, self._emit, retry_limit=self._retry_limit)
+        self.applier = Applier(
+            self.tree,
+            self.index,
+            self._emit,
+            retry_limit=self._retry_limit,
+            on_retrying=lambda retrying: setattr(self.job, "retrying", retrying),
+        )
         epoch, last = self.index.stream_position(self.job.job_id)
         # Ops a reconnecting source resends that were already applied are skipped.
         self._skip_upto = last if epoch == self._epoch else 0
@@ -135,7 +155,7 @@ class Session:
 
     async def _receive(self) -> None:
         while True:
-            msg = await self.link.recv()
+            msg = await asyncio.wait_for(self.link.recv(), PEER_TIMEOUT)
             kind = msg[0]
             if kind in m.OP_KINDS:
                 if len(msg) < 2 or not isinstance(msg[1], int):
@@ -154,6 +174,9 @@ class Session:
             elif kind == m.STATUS:
                 if isinstance(msg[1], dict):
                     self.job.last_status = msg[1]
+                # Heartbeat answer: tells the source the link and this daemon are alive.
+                await self.link.send([m.ACK, self._acked_seq])
+                await self.link.flush()
             else:
                 raise TwinvaultError(-1007, f"unexpected {kind!r} from a source")
 
@@ -165,11 +188,17 @@ class Session:
             self._room.set()
             if not batch:
                 continue
-            replies = await self._in_thread(self._apply_batch, batch)
+            self._applying = True
+            try:
+                replies = await self._in_thread(self._apply_batch, batch)
+            finally:
+                self._applying = False
             for reply in replies:
-                await self.link.send(reply)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.link.send(reply)
             if replies:
-                await self.link.flush()
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.link.flush()
 
     def _apply_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
         assert self.applier is not None and self.tree is not None and self.index is not None
@@ -183,7 +212,6 @@ class Session:
                     replies.append([m.MANIFEST, msg[1], entries, i == len(batches) - 1])
                 continue
             outcome = self.applier.apply(msg)
-            self.job.retrying = self.applier.retrying
             if outcome is None:
                 continue
             self._applied_seq = outcome.seq
@@ -301,15 +329,20 @@ async def serve_peer(
             await link.send([m.REFUSE, exc.code, exc.message])
             await link.flush()
             return
-        if job.connected:
-            await link.send([m.REFUSE, -106, "Connection already established"])
-            await link.flush()
-            return
+        if job.connected and job.link is not None:
+            # The source is the authority on its own connection: a new hello means the
+            # old link is dead (cut, or the source restarted). Replace it.
+            job.link.writer.transport.abort()
+            for _ in range(100):
+                if not job.connected:
+                    break
+                await asyncio.sleep(0.1)
         epoch = int(info.get("epoch", 0))
         await link.send([m.WELCOME, {"version": version, "image_root": job.image_root, "epoch": epoch}])
         await link.flush()
         job.connected = True
         job.peer = link.peer
+        job.link = link
         job.target_status = "Processing"
         session = Session(job, link, index_path_for(job), emit, retry_limit, epoch)
         await session.run()
@@ -320,7 +353,8 @@ async def serve_peer(
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
         log.info("peer %s: link ended (%s)", link.peer, exc)
     finally:
-        if job is not None and job.peer == link.peer:
+        if job is not None and job.link is link:
             job.connected = False
+            job.link = None
             job.target_status = "Idle"
         await link.close()

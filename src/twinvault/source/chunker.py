@@ -24,8 +24,13 @@ _CDC = FastCDC(avg_size=AVERAGE_CHUNK)
 Piece = tuple[bytes, memoryview] | tuple[None, int]
 
 
-def iter_pieces(fd: int, size: int) -> Iterator[Piece]:
-    if size <= SMALL_FILE:
+def might_be_sparse(st: os.stat_result) -> bool:
+    """Fewer blocks allocated than the size needs: the file may have holes."""
+    return st.st_blocks * 512 < st.st_size
+
+
+def iter_pieces(fd: int, size: int, *, sparse: bool = False) -> Iterator[Piece]:
+    if size <= SMALL_FILE and not sparse:
         data = os.pread(fd, size, 0) if size else b""
         if data:
             yield blake3.blake3(data).digest(), memoryview(data)
@@ -69,10 +74,11 @@ def file_digests(path: str) -> tuple[bytes, int]:
     """The concatenated chunk digests of a file and the bytes read (checksum mirror)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         out: list[bytes] = []
         read = 0
-        for digest, data in iter_pieces(fd, size):
+        for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st)):
             if digest is not None:
                 out.append(digest)
                 read += len(data)  # type: ignore[arg-type]

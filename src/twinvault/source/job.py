@@ -34,7 +34,7 @@ from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, ope
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.mirror import MirrorPlan, plan_mirror
 from twinvault.source.opstream import OpStream
-from twinvault.source.queue import OpQueue, QueueExhausted, QueueLimits
+from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
 from twinvault.source.remote_view import RemoteEntry, RemoteView
 from twinvault.source.selection import Selection
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[..., Any]
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+# The repository answers every status frame (sent at least every STATUS_INTERVAL);
+# this long without any frame from it means the link is dead.
+STATUS_INTERVAL = 2.0
+LINK_TIMEOUT = 10.0
 MIRROR_MARK = "mirror-complete"
 
 
@@ -444,7 +448,10 @@ class ProtectionJob:
 
     async def _receive(self, link: Link) -> None:
         while True:
-            msg = await link.recv()
+            try:
+                msg = await asyncio.wait_for(link.recv(), LINK_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError(f"no answer from the repository for {LINK_TIMEOUT:.0f} s") from None
             kind = msg[0]
             if kind == m.ACK:
                 seq = int(msg[1])
@@ -464,6 +471,8 @@ class ProtectionJob:
                 self.changes.mark(path)
             elif kind == m.APPLY_FAILED:
                 path = m.path_from_wire(msg[2])
+                # The repository discarded it: its copy is not what we sent.
+                self.view.needs_full(path)
                 self.failed_paths.append(path)
                 self.last_error = {"code": int(msg[3]), "message": f"{path}: {msg[4]}"}
             else:
@@ -481,19 +490,22 @@ class ProtectionJob:
                         await asyncio.wait_for(self._wake_sender.wait(), 1.0)
                     except TimeoutError:
                         pass
-                now = time.time()
-                if now - last_status > 2:
-                    last_status = now
-                    await link.send([m.STATUS, self.status()])
-                continue
-            await link.send_raw(item.frame)
-            self.wire_bytes_tx += len(item.frame)
-            if item.replication:
-                self.bytes_sent_replication += item.payload
             else:
-                self.bytes_sent_mirror += item.payload
-                self.mirror.bytes_sent += item.payload
-            self._throughput.add(item.payload)
+                await link.send_raw(item.frame)
+                self._count_sent(item)
+            now = time.monotonic()
+            if now - last_status > STATUS_INTERVAL:
+                last_status = now
+                await link.send([m.STATUS, self.status()])
+
+    def _count_sent(self, item: QueuedFrame) -> None:
+        self.wire_bytes_tx += len(item.frame)
+        if item.replication:
+            self.bytes_sent_replication += item.payload
+        else:
+            self.bytes_sent_mirror += item.payload
+            self.mirror.bytes_sent += item.payload
+        self._throughput.add(item.payload)
 
     # -- console requests -------------------------------------------------------------
 

@@ -45,7 +45,9 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
             if not selection.excluded(path):
                 plan.orphans.append(path)
     # Deleting a directory deletes what is under it: report the topmost orphans only.
-    plan.orphans.sort()
+    # Sorting by components puts a directory right before its descendants ("gone",
+    # "gone/a", "gone-2"), which plain string order does not ("-" sorts before "/").
+    plan.orphans.sort(key=lambda p: p.split("/"))
     top: list[str] = []
     for path in plan.orphans:
         if not top or not path.startswith(top[-1].rstrip("/") + "/"):

@@ -23,7 +23,7 @@ import blake3
 from twinvault import fsmeta
 from twinvault.protocol import messages as m
 from twinvault.source.changeset import Barrier, Dirty, Item
-from twinvault.source.chunker import SMALL_FILE, iter_pieces
+from twinvault.source.chunker import SMALL_FILE, iter_pieces, might_be_sparse
 from twinvault.source.opstream import OpStream
 from twinvault.source.remote_view import RemoteEntry, RemoteView
 from twinvault.source.selection import Selection
@@ -152,7 +152,10 @@ class Reader:
             and path not in self.view.content_differs
         ):
             # Same size and time as the repository's copy: only metadata can differ.
-            self.stream.emit(m.META, [m.wire_path(path), meta.to_wire()], replication=replication)
+            # The digest of the content we believe the repository holds lets it refuse
+            # (answer "need") if its copy is not that content, e.g. after a discarded write.
+            base = blake3.blake3(old.digests).digest()
+            self.stream.emit(m.META, [m.wire_path(path), meta.to_wire(), base], replication=replication)
             self.view.sent_other(path, _entry(meta, old.digests))
             return
         try:
@@ -164,7 +167,7 @@ class Reader:
             log.warning("cannot open %s: %s", path, exc.strerror)
             return
         try:
-            digests = self._send_body(path, fd, meta, old, replication)
+            digests = self._send_body(path, fd, st, meta, old, replication)
             after = os.fstat(fd)
         finally:
             os.close(fd)
@@ -188,7 +191,14 @@ class Reader:
                 ost = os.lstat(other)
             except OSError:
                 continue
-            if ost.st_ino == st.st_ino and ost.st_dev == st.st_dev and other in self.view.entries:
+            known = self.view.entries.get(other)
+            if (
+                ost.st_ino == st.st_ino
+                and ost.st_dev == st.st_dev
+                and known is not None
+                and known.size == st.st_size
+                and known.mtime_ns == st.st_mtime_ns
+            ):
                 self.stream.emit(m.LINK, [m.wire_path(path), m.wire_path(other)], replication=replication)
                 self.view.sent_other(path, self.view.entries[other])
                 if path not in names:
@@ -199,7 +209,13 @@ class Reader:
         return False
 
     def _send_body(
-        self, path: str, fd: int, meta: fsmeta.Meta, old: RemoteEntry | None, replication: bool
+        self,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        meta: fsmeta.Meta,
+        old: RemoteEntry | None,
+        replication: bool,
     ) -> bytes:
         full = path in self.view.full_resend
         old_digests = old.digests if (old is not None and old.kind == "file" and not full) else b""
@@ -207,7 +223,7 @@ class Reader:
         planner = _SegmentPlanner(old_digests, set() if full else self.view.known_chunks)
         wpath = m.wire_path(path)
         size = meta.size
-        if size <= SMALL_FILE:
+        if size <= SMALL_FILE and not might_be_sparse(st):
             for digest, data in iter_pieces(fd, size):
                 if digest is not None:
                     planner.add_chunk(digest, data)  # type: ignore[arg-type]
@@ -222,7 +238,7 @@ class Reader:
             )
             return planner.digests()
         self.stream.emit(m.FBEGIN, [wpath, size, base], replication=replication)
-        for digest, data in iter_pieces(fd, size):
+        for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st)):
             if digest is None:
                 planner.add_hole(data)  # type: ignore[arg-type]
                 continue

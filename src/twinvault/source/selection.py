@@ -52,10 +52,18 @@ class Selection:
         return any(is_within(path, root) for root in self.roots) and not self.excluded(path)
 
     def excluded(self, path: str) -> bool:
+        """Whether ``path`` or one of its ancestors below its root matches an exclude."""
         if not self.excludes:
             return False
-        name = path.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(name, g) for g in self.excludes)
+        root = next((r for r in self.roots if is_within(path, r)), "")
+        current = path
+        while True:
+            name = current.rsplit("/", 1)[-1]
+            if any(fnmatch.fnmatchcase(current, g) or fnmatch.fnmatchcase(name, g) for g in self.excludes):
+                return True
+            if not root or current == root or current in ("/", ""):
+                return False
+            current = current.rsplit("/", 1)[0] or "/"
 
     def ancestors(self) -> list[str]:
         """Directories above the roots, which the image needs (with their metadata)."""
