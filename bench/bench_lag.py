@@ -26,7 +26,7 @@ import time
 
 from corpus import make_small_files
 from daemon_profile import profiled
-from harness import bench_dir, image_path, testbed
+from harness import code_note, bench_dir, image_path, testbed
 
 TARGET_P99_MS = 250.0
 POLL_S = 0.001
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     print(f"bench_lag: samples={args.samples} cpus={os.cpu_count()}" + (" PROFILED" if args.profile else ""))
+    print(code_note())
     with bench_dir(args.keep) as base, testbed(base) as tb:
         src = str(base / "data" / "lag")
         make_small_files(os.path.join(src, "corpus"), count=args.corpus_files)

@@ -22,7 +22,7 @@ import threading
 import time
 
 from corpus import make_small_files
-from harness import bench_dir, rss_kib, testbed
+from harness import code_note, bench_dir, rss_kib, testbed
 from reference import RsyncOverSsh
 
 TARGET_MB = 300.0
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     print(f"bench_memory: files={args.files} x {args.kib} KiB, cpus={os.cpu_count()}; caches not dropped")
+    print(code_note())
     with bench_dir(args.keep) as base:
         src = str(base / "data" / "many")
         t = time.perf_counter()

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from corpus import change_middle, make_big_file, make_small_files
 from harness import (
+    code_note,
+    CpuMeter,
     Testbed,
     bench_dir,
     caches_note,
@@ -77,13 +79,17 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
     dropped &= drop_caches()
     started = time.perf_counter()
     marks, on_poll = _stage_clock(started)
+    cpu_src, cpu_repo = CpuMeter(tb.source_pid()).start(), CpuMeter(tb.repository_pid()).start()
     with profiled({"source": tb.source_pid(), "repository": tb.repository_pid()}, prof, "initial-small"):
         job, image = tb.protect(src)
         init = tb.wait_protected(job, started, on_poll=on_poll)  # type: ignore[arg-type]
+    cpu_src.stop()
+    cpu_repo.stop()
     print(
         f"  twinvault stages: Calculating until {marks.get('mirroring', float('nan')):.2f} s, "
         f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, wire {init.view['wire_bytes']} B"
     )
+    print(f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; repository {cpu_repo.describe(init.seconds)}")
     row(
         "initial mirror (a) MB/s",
         f"{mb(total) / init.seconds:.1f}",
@@ -165,13 +171,17 @@ def bench_big(tb: Testbed, ref: RsyncOverSsh, base: Path, size: int, prof: str |
     dropped &= drop_caches()
     started = time.perf_counter()
     marks, on_poll = _stage_clock(started)
+    cpu_src, cpu_repo = CpuMeter(tb.source_pid()).start(), CpuMeter(tb.repository_pid()).start()
     with profiled({"source": tb.source_pid(), "repository": tb.repository_pid()}, prof, "initial-big"):
         job, image = tb.protect(str(src_dir))
         init = tb.wait_protected(job, started, on_poll=on_poll)  # type: ignore[arg-type]
+    cpu_src.stop()
+    cpu_repo.stop()
     print(
         f"  twinvault stages: Calculating until {marks.get('mirroring', float('nan')):.2f} s, "
         f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, wire {init.view['wire_bytes']} B"
     )
+    print(f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; repository {cpu_repo.describe(init.seconds)}")
     row(
         "initial mirror (b) MB/s",
         f"{mb(size) / init.seconds:.1f}",
@@ -260,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_mirror: small_count={args.small_count} big_size={args.big_size} "
         f"cpus={os.cpu_count()} python={sys.version.split()[0]}" + (" PROFILED" if args.profile else "")
     )
+    print(code_note())
     with bench_dir(args.keep) as base, RsyncOverSsh() as ref, testbed(base) as tb:
         print(f"temp dir {base} (corpora, host homes and rsync's destination on one filesystem)")
         if args.small_count:

@@ -28,7 +28,7 @@ import sys
 import time
 
 from corpus import make_small_files
-from harness import bench_dir, image_path, ratio, testbed, tree_bytes
+from harness import code_note, bench_dir, image_path, ratio, testbed, tree_bytes
 from reference import RsyncOverSsh, parse_bytes_sent
 
 TARGET = 0.6
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_resume: small_count={args.small_count} kill_at={args.kill_at}% cpus={os.cpu_count()}; "
         "caches not dropped (bytes, not speed)"
     )
+    print(code_note())
     with bench_dir(args.keep) as base:
         src = str(base / "data" / "small")
         total = make_small_files(src, count=args.small_count)

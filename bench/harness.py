@@ -27,15 +27,30 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for tests.helpers (the project's host fixture)
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
+# TV_BENCH_CODE: measure another copy of the code (src/ and tests/, e.g. `git archive` of one
+# commit) while the work tree keeps changing; the daemons and the CLI inherit it by PYTHONPATH.
+CODE = Path(os.environ.get("TV_BENCH_CODE") or REPO).resolve()
+for _p in (str(CODE), str(CODE / "src")):  # tests.helpers (the host fixture), twinvault
+    if _p in sys.path:
+        sys.path.remove(_p)
+    sys.path.insert(0, _p)
+if CODE != REPO:
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(CODE / "src"), str(CODE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
 
 from tests.helpers.hosts import Console, TestHost, running_hosts  # noqa: E402
 from twinvault.cli.client import ApiClient, CredentialCache  # noqa: E402
 
 POLL = 0.1  # seconds between status polls while timing: the timing resolution
+
+
+def code_note() -> str:
+    """Which code is measured: the work tree, or TV_BENCH_CODE (and its COMMIT file if any)."""
+    commit = ""
+    with contextlib.suppress(OSError):
+        commit = (CODE / "COMMIT").read_text().strip()
+    return f"code {CODE}" + (f" (commit {commit})" if commit else "")
 
 
 def drop_caches() -> bool:

@@ -73,9 +73,9 @@ def test_source_killed_mid_mirror_resumes_where_it_stopped(tmp_path: Path) -> No
         alpha.start(console)
         view = wait_idle(console, alpha, job, timeout=120)
         wait_equal(src, in_image(image, src))
-        # The second run skipped what the first had already delivered.
-        assert view["mirror"]["skipped_bytes"] >= 0.2 * 400 * 256 * 1024
-        assert view["total_sent_bytes"] <= 0.8 * 400 * 256 * 1024
+        # The second run skipped what the first had delivered: it resumed, not restarted.
+        assert view["mirror"]["skipped_bytes"] >= 0.25 * 400 * 256 * 1024
+        assert view["total_sent_bytes"] <= 0.75 * 400 * 256 * 1024
 
 
 def test_source_killed_mid_replication_loses_nothing(tmp_path: Path) -> None:

@@ -134,6 +134,7 @@ class ProtectionJob:
         self._reader_thread: threading.Thread | None = None
         self._link: Link | None = None
         self._throughput = _Rate()
+        self._sent_seq = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -413,6 +414,7 @@ class ProtectionJob:
             ev.MIRROR_STARTED,
             **self._fields(),
         )
+        await self._sent_through(self.stream.last_seq)
         entries = await self._request_manifest(link, checksum)
         view = RemoteView()
         for e in entries:
@@ -437,6 +439,13 @@ class ProtectionJob:
         view.content_differs.update(plan.content_differs)
         self.changes.mark_many(plan.to_send, mirror=True)
         self.changes.barrier(Barrier("mark", MIRROR_MARK))
+
+    async def _sent_through(self, seq: int) -> None:
+        """Wait until every op up to ``seq`` is on the link. The repository answers a
+        manifest request in stream order, so the manifest then includes those ops'
+        effects (a queued delete is not mistaken for an orphan)."""
+        while self._sent_seq < seq and not self.queue.empty():
+            await asyncio.sleep(0.01)
 
     async def _request_manifest(self, link: Link, checksum: bool) -> list[list[Any]]:
         self._manifest_waiter = self._loop.create_future()
@@ -499,6 +508,7 @@ class ProtectionJob:
                 await link.send([m.STATUS, self.status()])
 
     def _count_sent(self, item: QueuedFrame) -> None:
+        self._sent_seq = item.seq
         self.wire_bytes_tx += len(item.frame)
         if item.replication:
             self.bytes_sent_replication += item.payload
