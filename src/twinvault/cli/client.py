@@ -90,7 +90,7 @@ class ApiClient:
         """Connect and return the server's certificate fingerprint (nothing sent)."""
         conn = self._connect()
         try:
-            return check_pinned(conn.sock, "")  # type: ignore[arg-type]
+            return check_pinned(conn.sock, "")
         finally:
             conn.close()
 
@@ -110,7 +110,7 @@ class ApiClient:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
         conn = self._connect()
         try:
-            check_pinned(conn.sock, self.fingerprint)  # type: ignore[arg-type]
+            check_pinned(conn.sock, self.fingerprint)
             if query:
                 from urllib.parse import urlencode
 

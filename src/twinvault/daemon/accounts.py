@@ -23,13 +23,13 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 TOKEN_LIFETIME_S = 30 * 24 * 3600
 
 
-def hash_password(password: str, salt: bytes | None = None) -> dict[str, str | int]:
+def hash_password(password: str, salt: bytes | None = None) -> dict[str, str | int | float]:
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 << 20)
     return {"salt": salt.hex(), "hash": digest.hex(), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
 
 
-def check_password(record: dict[str, str | int], password: str) -> bool:
+def check_password(record: dict[str, str | int | float], password: str) -> bool:
     digest = hashlib.scrypt(
         password.encode(),
         salt=bytes.fromhex(str(record["salt"])),
@@ -56,9 +56,9 @@ class Accounts:
         self._lock = threading.Lock()
         self.counters = SecurityCounters()
 
-    def _load(self, path: Path) -> dict[str, dict[str, str | int]]:
+    def _load(self, path: Path) -> dict[str, dict[str, str | int | float]]:
         try:
-            data: dict[str, dict[str, str | int]] = json.loads(path.read_text())
+            data: dict[str, dict[str, str | int | float]] = json.loads(path.read_text())
             return data
         except FileNotFoundError:
             return {}
