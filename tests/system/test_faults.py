@@ -180,3 +180,22 @@ def test_network_cut_for_30_seconds_while_writes_continue(tmp_path: Path) -> Non
         finally:
             for h in hosts:
                 h.stop()
+
+
+def test_clean_shutdown_keeps_queued_changes_a_mirror_cannot_see(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "doc").write_bytes(b"unchanging content")
+    with running_hosts(tmp_path, "alpha", "beta") as (console, (alpha, beta)):
+        job, image = protect(console, alpha, beta, src)
+        wait_idle(console, alpha, job)
+        beta.kill9()
+        # Size and time stay the same: only the queued op carries this change.
+        os.setxattr(src / "doc", "user.label", b"important")
+        time.sleep(1.0)
+        alpha.stop()  # SIGTERM: the queue is written to disk
+        assert (alpha.home / "queue" / job / "saved.q").exists()
+        beta.start(console)
+        alpha.start(console)
+        wait_idle(console, alpha, job, timeout=60)
+        wait_equal(src, in_image(image, src))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinvault.daemon.config import DEFAULT_API_PORT, write_private
+from twinvault.daemon.config import DEFAULT_API_PORT
+from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol.tls import check_pinned, client_context

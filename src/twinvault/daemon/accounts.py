@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinvault.daemon.config import write_private
+from twinvault.durable import write_private
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 TOKEN_LIFETIME_S = 30 * 24 * 3600

@@ -22,6 +22,8 @@ from typing import Any
 
 import tomli_w
 
+from twinvault.durable import write_private
+
 DEFAULT_PEER_PORT = 6320
 DEFAULT_API_PORT = 6340
 
@@ -132,20 +134,3 @@ def load_config(home: Home) -> HostConfig:
 
 def save_config(home: Home, config: HostConfig) -> None:
     write_private(home.config_file, tomli_w.dumps(config.to_toml()).encode())
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically with mode 0600 (temp, fsync, rename, fsync dir)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -14,12 +14,14 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from twinvault.daemon.accounts import Accounts
-from twinvault.daemon.config import Home, HostConfig, load_config, write_private
+from twinvault.daemon.config import Home, HostConfig, load_config
+from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
@@ -224,6 +226,7 @@ class Host:
         if job is not None:
             await job.stop()
             (self.home.source_jobs / f"{job_id}.json").unlink(missing_ok=True)
+            shutil.rmtree(self.home.queue_dir(self.config) / job_id, ignore_errors=True)
             deleted["source"] = True
         if job_id in self.image_jobs:
             self.forget_image_job(job_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinvault.durable import write_private
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
@@ -109,7 +111,8 @@ class ProtectionJob:
         self._wake_sender = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.queue = OpQueue(queue_dir / spec.job_id, queue_limits, notify=self._notify_sender)
-        self.stream = OpStream(self.queue, epoch=secrets.randbits(62))
+        self._stream_file = queue_dir / spec.job_id / "stream.json"
+        self.stream = self._restore_stream()
         self.view = RemoteView()
         self.reader = Reader(self.selection, self.view, self.stream, self._mark_again, self._on_mark)
         self.mirror = MirrorState()
@@ -160,10 +163,30 @@ class ProtectionJob:
         self._tasks = []
         if self._reader_thread is not None:
             await asyncio.to_thread(self._reader_thread.join, 10)
+        # Clean shutdown: what the repository has not acknowledged waits on disk.
+        await asyncio.to_thread(self._save_stream)
         self.mirror.status = "Stopped"
         self.replication_status = "Stopped"
         self.transmit_status = "Stopped"
         self.connected = False
+
+    def _restore_stream(self) -> OpStream:
+        """Continue the saved op stream of a clean shutdown, or start a new epoch."""
+        try:
+            saved = json.loads(self._stream_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            saved = None
+        self._stream_file.unlink(missing_ok=True)
+        if saved is not None and self.queue.load_saved():
+            return OpStream(self.queue, epoch=int(saved["epoch"]), next_seq=int(saved["next_seq"]))
+        return OpStream(self.queue, epoch=secrets.randbits(62))
+
+    def _save_stream(self) -> None:
+        if self.queue.save() is not None:
+            write_private(
+                self._stream_file,
+                json.dumps({"epoch": self.stream.epoch, "next_seq": self.stream.last_seq + 1}).encode(),
+            )
 
     def _fields(self) -> dict[str, Any]:
         """The fields the seed's connection events name."""

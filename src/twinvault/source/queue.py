@@ -47,14 +47,15 @@ class QueueExhausted(Exception):
 
 
 class _DiskSegment:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, existing: bool = False) -> None:
         self.path = path
-        self.write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if existing else os.O_TRUNC)
+        self.write_fd = os.open(path, flags, 0o600)
         self.read_fd = -1
         self.read_pos = 0
-        self.size = 0
+        self.size = os.fstat(self.write_fd).st_size if existing else 0
         self.count = 0
-        self.sealed = False
+        self.sealed = existing
 
     def append(self, item: QueuedFrame) -> None:
         flags = FLAG_REPLICATION if item.replication else 0
@@ -99,7 +100,7 @@ class OpQueue:
         self.exhausted = False
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("segment-*.q"):
-            stale.unlink()
+            stale.unlink()  # a crash's leftovers: the difference mirror after a restart covers them
 
     # -- producer side -----------------------------------------------------------
 
@@ -202,6 +203,44 @@ class OpQueue:
             self.replication_bytes_queued = 0
             self.mirror_bytes_queued = 0
             self.exhausted = False
+
+    # -- clean shutdown and restart --------------------------------------------------
+
+    def save(self) -> Path | None:
+        """Write every unacknowledged and unsent frame, in order, to ``saved.q``
+        (fsynced) so that a clean restart resends them: changes a difference mirror
+        cannot see (an xattr-only change) survive a restart too."""
+        self.rewind()
+        target = self.folder / "saved.q"
+        with self._lock:
+            if not self._memory and not self._disk:
+                target.unlink(missing_ok=True)
+                return None
+            temp = self.folder / "saved.q.tmp"
+            seg = _DiskSegment(temp)
+            for item in self._memory:
+                seg.append(item)
+            for disk in self._disk:
+                while (frame := disk.read_next()) is not None:
+                    seg.append(frame)
+            os.fsync(seg.write_fd)
+            os.close(seg.write_fd)
+            os.replace(temp, target)
+            return target
+
+    def load_saved(self) -> bool:
+        """Queue the frames a clean shutdown saved (they go first)."""
+        saved = self.folder / "saved.q"
+        if not saved.exists():
+            return False
+        self._segment_no += 1
+        segment_path = self.folder / f"segment-{self._segment_no:08d}.q"
+        os.replace(saved, segment_path)
+        seg = _DiskSegment(segment_path, existing=True)
+        with self._lock:
+            self._disk.appendleft(seg)
+            self._disk_bytes += seg.size
+        return True
 
     # -- figures ------------------------------------------------------------------------
 
