@@ -64,10 +64,10 @@ def test_source_killed_mid_mirror_resumes_where_it_stopped(tmp_path: Path) -> No
     with running_hosts(tmp_path, "alpha", "beta") as (console, (alpha, beta)):
         job, image = protect(console, alpha, beta, src)
         wait_for(
-            lambda: job_show(console, alpha, job)["mirror"]["percent_complete"] >= 30,
+            lambda: job_show(console, alpha, job)["mirror"]["percent_complete"] >= 50,
             60,
             0.05,
-            what="the mirror to pass 30%",
+            what="the mirror to pass half way",
         )
         alpha.kill9()
         alpha.start(console)

@@ -60,8 +60,10 @@ class Host:
             self._on_peer,
             self.config.bind_address,
             self.config.peer_port,
+            # The default stream limit (64 KiB) keeps at most ~128 KiB of raw bytes
+            # buffered per link: more would be lost with the link if the source dies,
+            # and TCP flow control is the right place to hold a fast sender back.
             ssl=server_context(self.home.cert, self.home.key),
-            limit=64 * 1024 * 1024,
         )
         self.emit(ev.TARGET_STARTED)
         for path in sorted(self.home.source_jobs.glob("*.json")):

@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +92,9 @@ class MirrorState:
     started: float = 0.0
     complete: bool = False  # the last mirror finished and was acknowledged
     mark_seq: int = 0
+    bytes_acked: int = 0  # mirror bytes the repository holds durably
+    # (seq, mirror bytes sent up to it): turns acknowledgements into progress
+    checkpoints: deque[tuple[int, int]] = field(default_factory=deque)
 
 
 class ProtectionJob:
@@ -362,7 +366,6 @@ class ProtectionJob:
                 self.spec.repository_peer_port,
                 ssl=client_context(),
                 server_hostname=self.spec.repository_name or None,
-                limit=64 * 1024 * 1024,
             ),
             timeout=10,
         )
@@ -488,10 +491,11 @@ class ProtectionJob:
             if kind == m.ACK:
                 seq = int(msg[1])
                 self.queue.acknowledge(seq)
+                self._mirror_acked(seq)
                 if self.mirror.mark_seq and seq >= self.mirror.mark_seq and not self.mirror.complete:
                     self.mirror.complete = True
                     self.mirror.status = "Idle"
-                    self.mirror.bytes_sent = self.mirror.bytes_to_send
+                    self.mirror.bytes_sent = self.mirror.bytes_acked = self.mirror.bytes_to_send
                     self._emit(ev.MIRROR_COMPLETED, **self._fields(), detail="")
             elif kind == m.MANIFEST:
                 self._manifest_buffer.extend(msg[2])
@@ -538,7 +542,14 @@ class ProtectionJob:
         else:
             self.bytes_sent_mirror += item.payload
             self.mirror.bytes_sent += item.payload
+            if item.payload:
+                self.mirror.checkpoints.append((item.seq, self.mirror.bytes_sent))
         self._throughput.add(item.payload)
+
+    def _mirror_acked(self, seq: int) -> None:
+        checkpoints = self.mirror.checkpoints
+        while checkpoints and checkpoints[0][0] <= seq:
+            self.mirror.bytes_acked = checkpoints.popleft()[1]
 
     # -- console requests -------------------------------------------------------------
 
@@ -568,9 +579,11 @@ class ProtectionJob:
 
     def status(self) -> dict[str, Any]:
         mirror = self.mirror
-        remaining = max(0, mirror.bytes_to_send - mirror.bytes_sent) if mirror.status == "Mirroring" else 0
+        # Progress counts what the repository acknowledged (holds durably), not what
+        # merely left this host: a killed link loses what was only in flight.
+        remaining = max(0, mirror.bytes_to_send - mirror.bytes_acked) if mirror.status == "Mirroring" else 0
         if mirror.status == "Mirroring" and mirror.bytes_to_send:
-            percent = round(100.0 * min(mirror.bytes_sent, mirror.bytes_to_send) / mirror.bytes_to_send, 1)
+            percent = round(100.0 * min(mirror.bytes_acked, mirror.bytes_to_send) / mirror.bytes_to_send, 1)
         else:
             percent = 100.0 if mirror.complete else 0.0
         rate = self._throughput.rate()
