@@ -6,6 +6,7 @@ stopped by pid in teardown. ``Console.run`` calls the real ``twinvault`` command
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -81,8 +82,8 @@ class TestHost:
         argv = [sys.executable, "-m", "twinvault.cli.main", "serve", "--home", str(self.home)]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        log = open(self.home / "serve.log", "ab")
-        self.process = start_child(argv, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.home / "serve.log", "ab") as log:  # the child keeps its own descriptor
+            self.process = start_child(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -117,10 +118,8 @@ class TestHost:
         path = self.home / "events" / "events.log"
         out = []
         for line in path.read_text().splitlines() if path.exists() else []:
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
         return out
 
 

@@ -185,7 +185,7 @@ def test_repository_path_prefix_not_writable(two_hosts: Hosts, tmp_path: Path) -
 
 
 def test_selection_holding_the_repository_image_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
-    console, alpha, beta = two_hosts
+    console, _, beta = two_hosts
     proc = console.run(
         "protect",
         "--source",

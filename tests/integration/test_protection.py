@@ -165,7 +165,7 @@ def test_orphans_are_reported_and_deleted_only_when_asked(two_hosts: Hosts, tmp_
     (stale / "old-dir").mkdir(parents=True)
     (stale / "old-dir" / "x").write_text("x")
     (stale / "orphan.txt").write_text("orphan")
-    job, image = protect(console, alpha, beta, src, extra=("--path-prefix", str(prefix)))
+    job, _ = protect(console, alpha, beta, src, extra=("--path-prefix", str(prefix)))
     view = wait_idle(console, alpha, job)
     assert view["mirror"]["orphans"] == 2
     assert sorted(view["mirror"]["orphan_paths"]) == [str(src / "old-dir"), str(src / "orphan.txt")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tomllib
 from pathlib import Path
@@ -197,10 +198,9 @@ def logout(args: argparse.Namespace) -> int:
         raise TwinvaultError(errors.INVALID_ARGUMENT, "name a host or pass --all")
     for key in targets:
         cred = creds.pop(key)
-        try:
+        # The host may be gone or the token expired: forgetting it locally is what matters.
+        with contextlib.suppress(TwinvaultError):
             ApiClient(key, cred.fingerprint, cred.token, timeout=5).call("POST", "/api/logout", {})
-        except TwinvaultError:
-            pass  # the host is gone or the token expired: forgetting it locally is what matters
     cache.save(creds)
     if args.json:
         emit_json({"logged_out": targets})

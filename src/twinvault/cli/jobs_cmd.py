@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -138,10 +139,8 @@ def _forget_on_repository(view: dict[str, Any], job_id: str) -> None:
     cache = CredentialCache()
     for key, cred in cache.load().items():
         if cred.name and cred.name == view.get("target"):
-            try:
+            with contextlib.suppress(TwinvaultError):  # already gone
                 ApiClient(key, cred.fingerprint, cred.token).call("DELETE", f"/api/repository/jobs/{job_id}")
-            except TwinvaultError:
-                pass  # already gone
             return
 
 

@@ -375,9 +375,9 @@ _GUIDE_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
         FILE_OPERATION_TIMED_OUT,
         "Service",
         "warning",
-        "The service was unable to complete a file system operation in the allotted time. See the log files for "
-        "error conditions. After correcting the problem, remirror or perform a verification with remirror to "
-        "synchronize the changes.",
+        "The service was unable to complete a file system operation in the allotted time. "
+        "See the log files for error conditions. After correcting the problem, remirror or "
+        "perform a verification with remirror to synchronize the changes.",
     ),
     (TASK_SUBMITTED, "Service", "info", "In band task {task} submitted from {source} by {user} at {time}"),
     (

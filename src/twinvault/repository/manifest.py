@@ -9,6 +9,7 @@ a human.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
@@ -72,10 +73,8 @@ def manifest_batches(
             for e in entries:
                 name = e.name
                 if name.startswith(TEMP_PREFIX.encode()):
-                    try:
-                        os.unlink(e.path)
-                    except OSError:
-                        pass
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)  # a crash's half-received file
                     continue
                 path = directory.rstrip(b"/") + b"/" + name
                 entry = _entry(base, path, indexed, index, checksum, e)

@@ -299,7 +299,8 @@ def negotiate_version(hello: dict[str, Any]) -> int:
     if version > m.PROTOCOL_VERSION or version < m.MIN_SUPPORTED_VERSION:
         raise TwinvaultError(
             -157,
-            f"source speaks protocol {version}, this repository {m.MIN_SUPPORTED_VERSION}..{m.PROTOCOL_VERSION}",
+            f"source speaks protocol {version}, "
+            f"this repository {m.MIN_SUPPORTED_VERSION}..{m.PROTOCOL_VERSION}",
         )
     return version
 

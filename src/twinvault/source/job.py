@@ -522,10 +522,8 @@ class ProtectionJob:
                 await link.flush()
                 self._wake_sender.clear()
                 if self.queue.empty():
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake_sender.wait(), 1.0)
-                    except TimeoutError:
-                        pass
             else:
                 await link.send_raw(item.frame)
                 self._count_sent(item)

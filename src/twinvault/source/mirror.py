@@ -41,9 +41,9 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
     for path in view.entries:
         if path in seen:
             continue
-        if path in selection.roots or path.startswith(prefixes):
-            if not selection.excluded(path):
-                plan.orphans.append(path)
+        inside = path in selection.roots or path.startswith(prefixes)
+        if inside and not selection.excluded(path):
+            plan.orphans.append(path)
     # Deleting a directory deletes what is under it: report the topmost orphans only.
     # Sorting by components puts a directory right before its descendants ("gone",
     # "gone/a", "gone-2"), which plain string order does not ("-" sorts before "/").
