@@ -26,7 +26,7 @@ import time
 
 from corpus import make_small_files
 from daemon_profile import profiled
-from harness import code_note, bench_dir, image_path, testbed
+from harness import bench_dir, code_note, image_path, testbed
 
 TARGET_P99_MS = 250.0
 POLL_S = 0.001
@@ -34,7 +34,7 @@ POLL_S = 0.001
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
 
 
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             f"mean {statistics.fmean(lags):.1f} ms   min {lags_sorted[0]:.1f} ms"
         )
         print(
-            f"  reference: none (no continuous-replication tool to compare); target p99 < {TARGET_P99_MS:.0f} ms"
-            f" -> p99/target {p99 / TARGET_P99_MS:.2f} ({'met' if p99 < TARGET_P99_MS and not lost else 'NOT met'})"
+            "  reference: none (no continuous-replication tool to compare); "
+            f"target p99 < {TARGET_P99_MS:.0f} ms -> p99/target {p99 / TARGET_P99_MS:.2f} "
+            f"({'met' if p99 < TARGET_P99_MS and not lost else 'NOT met'})"
         )
         # Where in the sample run the slow ones sit (periodic stalls show up as a pattern).
         slow = [i for i, v in enumerate(lags) if v > p90]

@@ -9,7 +9,8 @@ then reads VmHWM (the kernel's peak) and, after ``--settle`` seconds with nothin
 do, the steady VmRSS. The repository daemon's figures (same machine) are printed too.
 
 No reference tool keeps a resident daemon; rsync's largest process (sender or receiver,
-max RSS from the reaped children's rusage) over the same corpus is shown for scale, and the target is < 300 MB. Caches are not dropped (memory, not speed).
+max RSS from the reaped children's rusage) over the same corpus is shown for scale, and
+the target is < 300 MB. Caches are not dropped (memory, not speed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 import time
 
 from corpus import make_small_files
-from harness import code_note, bench_dir, rss_kib, testbed
+from harness import bench_dir, code_note, rss_kib, testbed
 from reference import RsyncOverSsh
 
 TARGET_MB = 300.0
@@ -112,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             steady_mb = steady * 1024 / 1e6
             rs = f"{rsync_kib * 1024 / 1e6:.1f} MB" if rsync_kib else "n/a"
             print(
-                f"  figure: source peak {peak_mb:.1f} MB, steady {steady_mb:.1f} MB; rsync largest process max RSS {rs}"
+                f"  figure: source peak {peak_mb:.1f} MB, steady {steady_mb:.1f} MB; "
+                f"rsync largest process max RSS {rs}"
                 + (f"; ratio peak/rsync {peak_mb / (rsync_kib * 1024 / 1e6):.2f}" if rsync_kib else "")
             )
             print(
                 f"  target < {TARGET_MB:.0f} MB: peak/target {peak_mb / TARGET_MB:.2f}, steady/target "
-                f"{steady_mb / TARGET_MB:.2f} ({'met' if peak_mb < TARGET_MB and steady_mb < TARGET_MB else 'NOT met'})"
+                f"{steady_mb / TARGET_MB:.2f} "
+                f"({'met' if peak_mb < TARGET_MB and steady_mb < TARGET_MB else 'NOT met'})"
             )
     return 0
 

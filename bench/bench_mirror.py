@@ -24,15 +24,18 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from corpus import change_middle, make_big_file, make_small_files
+from daemon_profile import profiled
 from harness import (
-    code_note,
     CpuMeter,
     Testbed,
     bench_dir,
     caches_note,
+    code_note,
     drop_caches,
     image_path,
     mb,
@@ -40,16 +43,15 @@ from harness import (
     row,
     testbed,
 )
-from daemon_profile import profiled
 from reference import RsyncOverSsh
 
 
-def _stage_clock(started: float) -> tuple[dict[str, float], object]:
+def _stage_clock(started: float) -> tuple[dict[str, float], Callable[[dict[str, Any]], None]]:
     """Record when the mirror first reports Mirroring (end of the Calculating stage)."""
     marks: dict[str, float] = {}
 
-    def on_poll(view: dict[str, object]) -> None:
-        status = view.get("mirror", {}).get("status")  # type: ignore[union-attr]
+    def on_poll(view: dict[str, Any]) -> None:
+        status = view.get("mirror", {}).get("status")
         if status == "Mirroring" and "mirroring" not in marks:
             marks["mirroring"] = time.perf_counter() - started
 
@@ -68,7 +70,8 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
     t = time.perf_counter()
     total = make_small_files(src, count=count)
     print(
-        f"(a) corpus: {count} files, {total} bytes ({mb(total):.1f} MB), made in {time.perf_counter() - t:.1f} s"
+        f"(a) corpus: {count} files, {total} bytes ({mb(total):.1f} MB), "
+        f"made in {time.perf_counter() - t:.1f} s"
     )
     dst = str(base / "rsync" / "small")
     os.makedirs(dst, exist_ok=True)
@@ -82,14 +85,18 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
     cpu_src, cpu_repo = CpuMeter(tb.source_pid()).start(), CpuMeter(tb.repository_pid()).start()
     with profiled({"source": tb.source_pid(), "repository": tb.repository_pid()}, prof, "initial-small"):
         job, image = tb.protect(src)
-        init = tb.wait_protected(job, started, on_poll=on_poll)  # type: ignore[arg-type]
+        init = tb.wait_protected(job, started, on_poll=on_poll)
     cpu_src.stop()
     cpu_repo.stop()
     print(
         f"  twinvault stages: Calculating until {marks.get('mirroring', float('nan')):.2f} s, "
-        f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, wire {init.view['wire_bytes']} B"
+        f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, "
+        f"wire {init.view['wire_bytes']} B"
     )
-    print(f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; repository {cpu_repo.describe(init.seconds)}")
+    print(
+        f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; "
+        f"repository {cpu_repo.describe(init.seconds)}"
+    )
     row(
         "initial mirror (a) MB/s",
         f"{mb(total) / init.seconds:.1f}",
@@ -113,7 +120,7 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
     marks, on_poll = _stage_clock(started)
     with profiled({"source": tb.source_pid(), "repository": tb.repository_pid()}, prof, "nochange-small"):
         tb.resume_job(job)
-        again = tb.wait_protected(job, started, on_poll=on_poll)  # type: ignore[arg-type]
+        again = tb.wait_protected(job, started, on_poll=on_poll)
     print(
         f"  twinvault stop+resume: Calculating until {marks.get('mirroring', float('nan')):.2f} s, "
         f"Idle at {again.seconds:.2f} s; sent {again.view['total_sent_bytes']} B, "
@@ -174,14 +181,18 @@ def bench_big(tb: Testbed, ref: RsyncOverSsh, base: Path, size: int, prof: str |
     cpu_src, cpu_repo = CpuMeter(tb.source_pid()).start(), CpuMeter(tb.repository_pid()).start()
     with profiled({"source": tb.source_pid(), "repository": tb.repository_pid()}, prof, "initial-big"):
         job, image = tb.protect(str(src_dir))
-        init = tb.wait_protected(job, started, on_poll=on_poll)  # type: ignore[arg-type]
+        init = tb.wait_protected(job, started, on_poll=on_poll)
     cpu_src.stop()
     cpu_repo.stop()
     print(
         f"  twinvault stages: Calculating until {marks.get('mirroring', float('nan')):.2f} s, "
-        f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, wire {init.view['wire_bytes']} B"
+        f"Idle at {init.seconds:.2f} s; sent {init.view['total_sent_bytes']} B, "
+        f"wire {init.view['wire_bytes']} B"
     )
-    print(f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; repository {cpu_repo.describe(init.seconds)}")
+    print(
+        f"  twinvault CPU: source {cpu_src.describe(init.seconds)}; "
+        f"repository {cpu_repo.describe(init.seconds)}"
+    )
     row(
         "initial mirror (b) MB/s",
         f"{mb(size) / init.seconds:.1f}",

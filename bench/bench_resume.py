@@ -28,7 +28,7 @@ import sys
 import time
 
 from corpus import make_small_files
-from harness import code_note, bench_dir, image_path, ratio, testbed, tree_bytes
+from harness import bench_dir, code_note, image_path, ratio, testbed, tree_bytes
 from reference import RsyncOverSsh, parse_bytes_sent
 
 TARGET = 0.6
@@ -37,7 +37,10 @@ TARGET = 0.6
 def _rsync_killed_then_rerun(
     ref: RsyncOverSsh, src: str, dst: str, total: int, kill_at: float
 ) -> tuple[int, float]:
-    """Kill an initial rsync at `kill_at` of the bytes, re-run it; (bytes sent by the re-run, fraction at kill)."""
+    """Kill an initial rsync at `kill_at` of the bytes and re-run it.
+
+    Returns (bytes sent by the re-run, fraction of the bytes in place at the kill).
+    """
     argv = [
         "rsync",
         "-a",
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"   rsync {r_sent / total:.3f}   ratio {ratio(resent, r_sent)}" if r_sent else "")
             )
             print(
-                f"  ideal for a kill at {percent}% sent: about {1 - min(sent_before, img_bytes) / total:.3f}; "
+                f"  ideal for a kill at {percent}% sent: "
+                f"about {1 - min(sent_before, img_bytes) / total:.3f}; "
                 f"target <= {TARGET}: {'met' if fig <= TARGET else 'NOT met'}"
             )
     return 0

@@ -24,10 +24,18 @@ from tests.helpers.procs import start_child, stop_child
 PASSWORD = "correct horse battery staple"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now and that this process has not handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
@@ -62,6 +70,10 @@ class Console:
         return json.loads(proc.stdout)
 
 
+class PortTaken(Exception):
+    pass
+
+
 @dataclass
 class TestHost:
     __test__ = False  # not a pytest test class
@@ -79,6 +91,25 @@ class TestHost:
         return f"{self.address}:{self.api_port}"
 
     def start(self, console: Console) -> None:
+        for _ in range(3):
+            try:
+                self._start_once(console)
+                return
+            except PortTaken:
+                # Another process took a port between free_port() and bind: pick new ones.
+                self.api_port, self.peer_port = free_port(), free_port()
+                console.run(
+                    "setup",
+                    "--home",
+                    str(self.home),
+                    "--api-port",
+                    str(self.api_port),
+                    "--peer-port",
+                    str(self.peer_port),
+                )
+        self._start_once(console)
+
+    def _start_once(self, console: Console) -> None:
         argv = [sys.executable, "-m", "twinvault.cli.main", "serve", "--home", str(self.home)]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -87,7 +118,11 @@ class TestHost:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited: {(self.home / 'serve.log').read_text()[-3000:]}")
+                log_text = (self.home / "serve.log").read_text()
+                self.process = None
+                if "address already in use" in log_text[-2000:]:
+                    raise PortTaken(self.name)
+                raise AssertionError(f"{self.name} exited: {log_text[-3000:]}")
             try:
                 console.run(
                     "login",

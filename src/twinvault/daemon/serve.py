@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 
@@ -11,6 +12,9 @@ from aiohttp import web
 from twinvault.api.server import build_app
 from twinvault.daemon.config import Home
 from twinvault.daemon.host import Host
+from twinvault.ops import errors
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -18,7 +22,13 @@ log = logging.getLogger(__name__)
 
 async def serve(home: Home) -> None:
     host = Host(home)
-    await host.start()
+    try:
+        await host.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            host.emit(ev.PORT_CONFLICT, error=str(exc))
+            raise TwinvaultError(errors.INVALID_ARGUMENT, f"a port of this host is in use: {exc}") from exc
+        raise
     app = build_app(host)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -28,7 +38,14 @@ async def serve(home: Home) -> None:
         host.config.api_port,
         ssl_context=server_context(home.cert, home.key),
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await host.stop()
+        if exc.errno == errno.EADDRINUSE:
+            host.emit(ev.PORT_CONFLICT, error=str(exc))
+            raise TwinvaultError(errors.INVALID_ARGUMENT, f"the API port is in use: {exc}") from exc
+        raise
     log.info(
         "twinvault %s serving: peer port %d, api port %d",
         host.config.name,

@@ -73,8 +73,9 @@ class Reader:
             return
         old_in = self.selection.contains(b.path)
         if b.kind == "delete":
-            self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
-            self.view.deleted(b.path)
+            if old_in:
+                self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
+                self.view.deleted(b.path)
             return
         new_in = self.selection.contains(b.new_path)
         if old_in and new_in:
