@@ -206,10 +206,10 @@ class Session:
         self.job.target_status = "Processing"
         for msg in batch:
             if msg[0] == m.MANIFEST_REQ:
-                roots = [r for r in msg[2] if isinstance(r, bytes)]
-                batches = list(manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3])))
-                for i, entries in enumerate(batches):
-                    replies.append([m.MANIFEST, msg[1], entries, i == len(batches) - 1])
+                for reply in replies:  # answers to earlier ops keep their order
+                    self._send_from_thread(reply)
+                replies = []
+                self._send_manifest(msg)
                 continue
             outcome = self.applier.apply(msg)
             if outcome is None:
@@ -217,10 +217,29 @@ class Session:
             self._applied_seq = outcome.seq
             self.job.ops_applied += 1
             self.job.bytes_received += outcome.bytes_written
-            reply = _reply_for(outcome)
-            if reply is not None:
-                replies.append(reply)
+            answer = _reply_for(outcome)
+            if answer is not None:
+                replies.append(answer)
         return replies
+
+    def _send_manifest(self, msg: list[Any]) -> None:
+        """Stream the manifest batch by batch from the applier thread; waiting for each
+        send holds the walk back to the link's pace instead of building it all in memory."""
+        assert self.tree is not None and self.index is not None
+        roots = [r for r in msg[2] if isinstance(r, bytes)]
+        pending: list[list[Any]] | None = None
+        for entries in manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3])):
+            if pending is not None:
+                self._send_from_thread([m.MANIFEST, msg[1], pending, False])
+            pending = entries
+        self._send_from_thread([m.MANIFEST, msg[1], pending or [], True])
+
+    def _send_from_thread(self, message: list[Any]) -> None:
+        async def send() -> None:
+            await self.link.send(message)
+            await self.link.flush()
+
+        asyncio.run_coroutine_threadsafe(send(), self._loop).result()
 
     async def _ack_loop(self) -> None:
         while True:

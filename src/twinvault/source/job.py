@@ -134,8 +134,8 @@ class ProtectionJob:
         self._remirror = asyncio.Event()
         self._checksum_next = False
         self._verify_waiters: list[asyncio.Future[MirrorPlan]] = []
-        self._manifest_waiter: asyncio.Future[list[list[Any]]] | None = None
-        self._manifest_buffer: list[list[Any]] = []
+        self._manifest_waiter: asyncio.Future[RemoteView] | None = None
+        self._manifest_view = RemoteView()
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reader_thread: threading.Thread | None = None
@@ -441,10 +441,7 @@ class ProtectionJob:
             **self._fields(),
         )
         await self._sent_through(self.stream.last_seq)
-        entries = await self._request_manifest(link, checksum)
-        view = RemoteView()
-        for e in entries:
-            view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        view = await self._request_manifest(link, checksum)
         self.view = view
         self.reader.view = view
         plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
@@ -473,9 +470,11 @@ class ProtectionJob:
         while self._sent_seq < seq and not self.queue.empty():
             await asyncio.sleep(0.01)
 
-    async def _request_manifest(self, link: Link, checksum: bool) -> list[list[Any]]:
+    async def _request_manifest(self, link: Link, checksum: bool) -> RemoteView:
+        """The repository's manifest as a RemoteView, built batch by batch as it arrives
+        (a list of every entry first would double the memory a large image needs)."""
         self._manifest_waiter = self._loop.create_future()
-        self._manifest_buffer = []
+        self._manifest_view = RemoteView()
         roots = [m.wire_path(r) for r in self.selection.roots]
         await link.send([m.MANIFEST_REQ, 1, roots, checksum])
         await link.flush()
@@ -498,9 +497,12 @@ class ProtectionJob:
                     self.mirror.bytes_sent = self.mirror.bytes_acked = self.mirror.bytes_to_send
                     self._emit(ev.MIRROR_COMPLETED, **self._fields(), detail="")
             elif kind == m.MANIFEST:
-                self._manifest_buffer.extend(msg[2])
+                view = self._manifest_view
+                for e in msg[2]:
+                    view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
                 if msg[3] and self._manifest_waiter is not None and not self._manifest_waiter.done():
-                    self._manifest_waiter.set_result(self._manifest_buffer)
+                    self._manifest_waiter.set_result(view)
+                    self._manifest_view = RemoteView()
             elif kind == m.NEED:
                 path = m.path_from_wire(msg[2])
                 self.view.needs_full(path)
@@ -559,10 +561,7 @@ class ProtectionJob:
             ev.VERIFY_STARTED,
             **self._fields(),
         )
-        entries = await self._request_manifest(self._link, checksum)
-        view = RemoteView()
-        for e in entries:
-            view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        view = await self._request_manifest(self._link, checksum)
         plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
         if remirror and (plan.to_send or plan.orphans):
             self._checksum_next = checksum
