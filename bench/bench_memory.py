@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kib", type=int, default=1, help="size of each file")
     p.add_argument("--settle", type=float, default=10.0, help="seconds Idle before the steady reading")
     p.add_argument("--no-rsync", action="store_true", help="skip the rsync scale figure")
+    p.add_argument("--timeout", type=float, default=1800, help="give up on the mirror after this many s")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     print(f"bench_memory: files={args.files} x {args.kib} KiB, cpus={os.cpu_count()}; caches not dropped")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             try:
                 job, _image = tb.protect(src)
-                done = tb.wait_protected(job, started)
+                done = tb.wait_protected(job, started, timeout=args.timeout)
             finally:
                 stop.set()
                 sampler.join()

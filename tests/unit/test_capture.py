@@ -292,8 +292,16 @@ async def test_a_burst_of_creates_is_reported_in_full_or_as_overflow(bed: Bed) -
         for name in names:
             os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644))
 
+    found: set[str] = set()
+    looked = 0
+
     def all_seen(seen: list[Change]) -> bool:
-        return any(c.kind is OVERFLOW for c in seen) or len({c.path for c in seen} & wanted) == len(wanted)
+        # Incremental: called after every batch, it must not rescan all that came before.
+        nonlocal looked
+        fresh = seen[looked:]
+        looked = len(seen)
+        found.update(c.path for c in fresh)
+        return any(c.kind is OVERFLOW for c in fresh) or wanted <= found
 
     wanted = set(names)
     # A writer thread, so capture reads while the creates run, as it would in the daemon.

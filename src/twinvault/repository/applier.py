@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 Emit = Callable[..., Any]
 
 
+class Stopped(Exception):
+    """The applier was stopped (link replaced, daemon shutting down) mid-op."""
+
+
 class NeedData(Exception):
     """The op referred to bytes the repository does not hold: the source must resend."""
 
@@ -152,12 +156,16 @@ class Applier:
                         retries="forever" if self.retry_limit < 0 else self.retry_limit,
                         error=exc.strerror or str(exc),
                     )
-                if 0 <= self.retry_limit < attempt or self._stopping.is_set():
+                if self._stopping.is_set():
+                    self.retrying = False
+                    raise Stopped from exc
+                if 0 <= self.retry_limit < attempt:
                     return self._discard(kind, seq, message, exc, attempt - 1)
                 self.retrying = True
                 delay = self._delays[min(attempt - 1, len(self._delays) - 1)]
                 if self._stopping.wait(delay):
-                    return self._discard(kind, seq, message, exc, attempt - 1)
+                    self.retrying = False
+                    raise Stopped from exc
                 continue
             self.retrying = False
             if first_error is not None:

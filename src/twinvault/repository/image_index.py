@@ -58,6 +58,8 @@ class ImageIndex:
         # NORMAL: a commit is durable once the WAL is synced; the receiver's group commit
         # calls syncfs on this filesystem before it acknowledges anything.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Two sessions of one image (two jobs of one source) write in turn.
+        self._db.execute("PRAGMA busy_timeout=60000")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);

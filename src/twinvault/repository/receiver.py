@@ -26,7 +26,7 @@ from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
 from twinvault.protocol.link import Link
-from twinvault.repository.applier import Applier, Outcome
+from twinvault.repository.applier import Applier, Outcome, Stopped
 from twinvault.repository.image_index import ImageIndex
 from twinvault.repository.image_tree import ImageTree
 from twinvault.repository.manifest import manifest_batches
@@ -34,10 +34,16 @@ from twinvault.repository.manifest import manifest_batches
 log = logging.getLogger(__name__)
 
 ACK_INTERVAL = 0.05
-# A source sends at least a status frame every few seconds; silence this long means
-# the link is dead even if TCP has not noticed (a cut cable sends no reset).
-PEER_TIMEOUT = 20.0
-MAX_PENDING_BYTES = 64 * 1024 * 1024
+HEARTBEAT_INTERVAL = 2.0
+# One call into the applier thread handles at most this much, so that the group
+# commit (which runs on the same thread) and its acknowledgement keep flowing.
+BATCH_FRAMES = 256
+BATCH_BYTES = 8 * 1024 * 1024
+# Silence from the source this long means the link is dead even if TCP has not
+# noticed (a cut cable sends no reset). Generous, because a source whose frames wait
+# behind our own full buffers is not silent, only stuck behind us.
+PEER_TIMEOUT = 60.0
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 Emit = Callable[..., Any]
 
 
@@ -53,7 +59,7 @@ class ImageJob:
     created: float = 0.0
     connected: bool = False
     peer: str = ""
-    link: Any = None  # the live session's link, closed when the source reconnects
+    session: Any = None  # the live Session, replaced when the source reconnects
     last_status: dict[str, Any] = field(default_factory=dict)
     ops_applied: int = 0
     bytes_received: int = 0
@@ -95,16 +101,33 @@ class Session:
         self.tree: ImageTree | None = None
         self.index: ImageIndex | None = None
         self.applier: Applier | None = None
+        self.replaced = False
+        self.finished = asyncio.Event()
+
+    def replace(self) -> None:
+        """A new link for the same job arrived: end this one without draining and
+        without discarding anything (the source resends what we did not acknowledge)."""
+        self.replaced = True
+        if self.applier is not None:
+            self.applier.stop()
+        self.link.writer.transport.abort()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.finished.set()
+
+    async def _run(self) -> None:
         await self._in_thread(self._open)
         receive = asyncio.create_task(self._receive())
         apply = asyncio.create_task(self._apply_loop())
         ack = asyncio.create_task(self._ack_loop())
-        tasks = [receive, apply, ack]
+        heartbeat = asyncio.create_task(self._heartbeat())
+        tasks = [receive, apply, ack, heartbeat]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if receive in done and apply not in done:
+            if receive in done and apply not in done and not self.replaced:
                 # The source went away: every op that arrived whole is still applied
                 # (a killed source's restarted mirror then skips it).
                 await self._drain(apply)
@@ -180,12 +203,34 @@ class Session:
             else:
                 raise TwinvaultError(-1007, f"unexpected {kind!r} from a source")
 
+    async def _heartbeat(self) -> None:
+        """Tell the source we are alive even while its frames wait behind our buffers."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await self.link.send([m.ACK, self._acked_seq])
+            await self.link.flush()
+
+    def _take_batch(self) -> list[list[Any]]:
+        taken, size = 0, 0
+        for msg in self._pending:
+            taken += 1
+            size += _approx_size(msg)
+            if taken >= BATCH_FRAMES or size >= BATCH_BYTES:
+                break
+        batch = self._pending[:taken]
+        del self._pending[:taken]
+        self._pending_bytes = max(0, self._pending_bytes - size)
+        if self._pending_bytes <= MAX_PENDING_BYTES:
+            self._room.set()
+        if self._pending:
+            self._has_work.set()
+        return batch
+
     async def _apply_loop(self) -> None:
         while True:
             await self._has_work.wait()
             self._has_work.clear()
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            self._room.set()
+            batch = self._take_batch()
             if not batch:
                 continue
             self._applying = True
@@ -211,7 +256,10 @@ class Session:
                 replies = []
                 self._send_manifest(msg)
                 continue
-            outcome = self.applier.apply(msg)
+            try:
+                outcome = self.applier.apply(msg)
+            except Stopped:
+                break  # replaced or shutting down: the source resends what we did not ack
             if outcome is None:
                 continue
             self._applied_seq = outcome.seq
@@ -349,22 +397,22 @@ async def serve_peer(
             await link.send([m.REFUSE, exc.code, exc.message])
             await link.flush()
             return
-        if job.connected and job.link is not None:
+        old = job.session
+        if old is not None:
             # The source is the authority on its own connection: a new hello means the
-            # old link is dead (cut, or the source restarted). Replace it.
-            job.link.writer.transport.abort()
-            for _ in range(100):
-                if not job.connected:
-                    break
-                await asyncio.sleep(0.1)
+            # old link is dead (cut, or the source restarted). End it, and wait until it
+            # has closed the image index, before this one opens it.
+            old.replace()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(old.finished.wait(), 60)
         epoch = int(info.get("epoch", 0))
         await link.send([m.WELCOME, {"version": version, "image_root": job.image_root, "epoch": epoch}])
         await link.flush()
+        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch)
         job.connected = True
         job.peer = link.peer
-        job.link = link
+        job.session = session
         job.target_status = "Processing"
-        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch)
         await session.run()
     except TwinvaultError as exc:
         emit(ev.MALFORMED_FRAME, peer=link.peer, reason=exc.message)
@@ -373,8 +421,8 @@ async def serve_peer(
     except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
         log.info("peer %s: link ended (%s)", link.peer, exc)
     finally:
-        if job is not None and job.link is link:
+        if job is not None and job.session is not None and job.session.link is link:
             job.connected = False
-            job.link = None
+            job.session = None
             job.target_status = "Idle"
         await link.close()

@@ -29,6 +29,10 @@ class Barrier:
     kind: Literal["rename", "delete", "mark"]
     path: str  # for "mark": the mark's name
     new_path: str = ""
+    # False when capture says a deleted path was not a directory: nothing can be queued
+    # below it, so the barrier need not look (a large rm -rf would otherwise cost O(n^2)).
+    # Were the hint wrong, the entries below would still be read and found gone.
+    is_dir: bool = True
 
 
 Item = Dirty | Barrier
@@ -62,7 +66,12 @@ class ChangeSet:
     def barrier(self, barrier: Barrier) -> None:
         with self._lock:
             moved: list[Dirty] = []
-            keys = [] if barrier.kind == "mark" else list(self._items)
+            if barrier.kind == "mark":
+                keys: list[object] = []
+            elif not barrier.is_dir:
+                keys = [barrier.path] if barrier.path in self._items else []
+            else:
+                keys = list(self._items)
             for key in [k for k in keys if isinstance(k, str) and is_within(k, barrier.path)]:
                 item = self._items.pop(key)
                 if barrier.kind == "rename" and isinstance(item, Dirty):

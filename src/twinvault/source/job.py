@@ -142,6 +142,7 @@ class ProtectionJob:
         self._link: Link | None = None
         self._throughput = _Rate()
         self._sent_seq = 0
+        self._link_tasks: tuple[asyncio.Task[None], ...] = ()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -232,13 +233,15 @@ class ProtectionJob:
             self._remirror.set()
             return
         if change.kind is ChangeKind.RENAMED:
+            # A rename always re-keys what is queued below it: getting that wrong loses
+            # data, and renames are rare next to the deletes the is_dir hint speeds up.
             self.changes.barrier(Barrier("rename", change.path, change.new_path))
             self.changes.mark(change.new_path)
             self._mark_parent(change.path)
             self._mark_parent(change.new_path)
             return
         if change.kind is ChangeKind.DELETED:
-            self.changes.barrier(Barrier("delete", change.path))
+            self.changes.barrier(Barrier("delete", change.path, is_dir=change.is_dir))
             self._mark_parent(change.path)
             return
         if self.selection.excluded(change.path):
@@ -408,6 +411,7 @@ class ProtectionJob:
         self.queue.rewind()
         receiver = asyncio.create_task(self._receive(link))
         sender = asyncio.create_task(self._send(link))
+        self._link_tasks = (receiver, sender)
         try:
             checksum = self._checksum_next
             self._checksum_next = False
@@ -468,6 +472,8 @@ class ProtectionJob:
         manifest request in stream order, so the manifest then includes those ops'
         effects (a queued delete is not mistaken for an orphan)."""
         while self._sent_seq < seq and not self.queue.empty():
+            if any(t.done() for t in self._link_tasks):
+                raise ConnectionError("the link to the repository ended")
             await asyncio.sleep(0.01)
 
     async def _request_manifest(self, link: Link, checksum: bool) -> RemoteView:
@@ -478,7 +484,20 @@ class ProtectionJob:
         roots = [m.wire_path(r) for r in self.selection.roots]
         await link.send([m.MANIFEST_REQ, 1, roots, checksum])
         await link.flush()
-        return await self._manifest_waiter
+        view: RemoteView = await self._while_linked(self._manifest_waiter)
+        return view
+
+    async def _while_linked(self, waiter: asyncio.Future[Any]) -> Any:
+        """Await ``waiter`` unless the link ends first (then raise why it ended), so a
+        link lost while calculating never leaves the job waiting forever."""
+        watched = {t for t in self._link_tasks if not t.done()}
+        done, _ = await asyncio.wait({waiter, *watched}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            return waiter.result()
+        waiter.cancel()
+        for task in done:
+            task.result()
+        raise ConnectionError("the link to the repository ended")
 
     async def _receive(self, link: Link) -> None:
         while True:
@@ -557,6 +576,8 @@ class ProtectionJob:
         """Compare source and image now; with ``remirror`` send what differs."""
         if not self.connected or self._link is None:
             raise TwinvaultError(-107, f"job {self.spec.job_id} is not connected to its repository")
+        if self._manifest_waiter is not None and not self._manifest_waiter.done():
+            raise TwinvaultError(-108, "the job is calculating a mirror; verify when it is done")
         self._emit(
             ev.VERIFY_STARTED,
             **self._fields(),

@@ -75,7 +75,7 @@ class Reader:
         if b.kind == "delete":
             if old_in:
                 self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
-                self.view.deleted(b.path)
+                self.view.deleted(b.path, is_dir=b.is_dir)
             return
         new_in = self.selection.contains(b.new_path)
         if old_in and new_in:
@@ -185,6 +185,10 @@ class Reader:
         """Send ``path`` as a link to a name of the same inode already sent, if any."""
         key = (st.st_dev, st.st_ino)
         names = self._inodes.setdefault(key, [])
+        if replication and not any(n != path for n in names):
+            # A link made after its first name was sent (that name had one link then,
+            # and link(2) reports no name for it): look for the other names on disk.
+            names.extend(n for n in self._other_names(path, st) if n not in names)
         for other in names:
             if other == path:
                 continue
@@ -208,6 +212,38 @@ class Reader:
         if path not in names:
             names.append(path)
         return False
+
+    def _other_names(self, path: str, st: os.stat_result) -> list[str]:
+        """Other names of ``path``'s inode inside the selection: its own directory
+        first, then the whole selection (``d_ino`` from getdents, no stat per entry).
+        Rare (a hard link created while protected), so a walk is affordable."""
+        found: list[str] = []
+        wanted = st.st_nlink - 1
+        parent = os.path.dirname(path)
+        searched: set[str] = set()
+        for top in (parent, *self.selection.roots):
+            stack = [top]
+            while stack and len(found) < wanted:
+                directory = stack.pop()
+                if directory in searched:
+                    continue
+                searched.add(directory)
+                try:
+                    with os.scandir(directory) as it:
+                        for entry in it:
+                            if (
+                                entry.inode() == st.st_ino
+                                and entry.path != path
+                                and entry.is_file(follow_symlinks=False)
+                            ):
+                                found.append(entry.path)
+                            elif top != parent and entry.is_dir(follow_symlinks=False):
+                                stack.append(entry.path)
+                except OSError:
+                    continue
+            if len(found) >= wanted:
+                break
+        return [f for f in found if self.selection.contains(f)]
 
     def _send_body(
         self,

@@ -44,14 +44,20 @@ class RemoteView:
     def sent_other(self, path: str, entry: RemoteEntry) -> None:
         self.entries[path] = entry
 
-    def deleted(self, path: str) -> None:
-        self.entries.pop(path, None)
+    def deleted(self, path: str, *, is_dir: bool | None = None) -> None:
+        entry = self.entries.pop(path, None)
+        if is_dir is False or (entry is not None and entry.kind != "dir"):
+            return  # nothing can be under it: skip the scan of every entry
         prefix = path + "/"
         for key in [k for k in self.entries if k.startswith(prefix)]:
             del self.entries[key]
 
     def renamed(self, old: str, new: str) -> None:
         self.deleted(new)
+        entry = self.entries.get(old)
+        if entry is not None and entry.kind != "dir":
+            self.entries[new] = self.entries.pop(old)  # a file: no descendants to move
+            return
         prefix = old + "/"
         moved = {k: v for k, v in self.entries.items() if k == old or k.startswith(prefix)}
         for key, value in moved.items():
