@@ -74,6 +74,7 @@ class _FileTransfer:
     old_pieces: list[ChunkPiece] | None = None
     parent_times: tuple[int, int] = (0, 0)
     needs_data: bool = False
+    data_end: int = 0  # end of the last bytes actually written (holes do not extend a file)
 
 
 _RETRY_EVENTS = {
@@ -107,6 +108,8 @@ class Applier:
         self._stopping = threading.Event()
         self._xfer: _FileTransfer | None = None
         self._retrying = False
+        self._temp_tag = uuid.uuid4().hex[:12].encode()
+        self._temp_counter = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -377,6 +380,8 @@ class Applier:
                 raise TwinvaultError(-1007, f"unknown segment tag {tag!r}")
         # Only advance once the whole frame is written: a retry rewrites it at the same offsets.
         x.offset = offset
+        if pieces:
+            x.data_end = max(x.data_end, pieces[-1].offset + pieces[-1].length)
         x.pieces.extend(pieces)
 
     def _old_run(self, x: _FileTransfer, first: int, count: int) -> list[ChunkPiece]:
@@ -440,9 +445,10 @@ class Applier:
             if x.needs_data:
                 return Outcome(seq, "need", x.path)
             return Outcome(seq, "failed", x.path, -1, "discarded after the retry limit")
-        os.ftruncate(x.fd, meta.size)
+        if x.data_end != meta.size:  # a trailing hole (or a shorter file) sets the size
+            os.ftruncate(x.fd, meta.size)
         fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(x.dir_fd, x.temp_name)), meta, fd=x.fd)
-        self._replace(x.dir_fd, x.temp_name, x.name, x.path)
+        self._replace(x.dir_fd, x.temp_name, x.name, x.path, keep_parent_times=False)
         _restore_times(x.dir_fd, x.parent_times)
         os.close(x.fd)
         self._xfer = None
@@ -451,19 +457,23 @@ class Applier:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _temp_name() -> bytes:
-        return (TEMP_PREFIX + uuid.uuid4().hex).encode()
+    def _temp_name(self) -> bytes:
+        # Unique per applier: a random part (once) and a counter, no syscall per file.
+        self._temp_counter += 1
+        return b"%s%s.%d" % (TEMP_PREFIX.encode(), self._temp_tag, self._temp_counter)
 
-    def _replace(self, dir_fd: int, temp: bytes, name: bytes, path: bytes) -> None:
-        """Atomically put ``temp`` at ``name``; a directory in the way is removed first."""
-        with _ParentTimes(dir_fd):
+    def _replace(
+        self, dir_fd: int, temp: bytes, name: bytes, path: bytes, *, keep_parent_times: bool = True
+    ) -> None:
+        """Atomically put ``temp`` at ``name``; a directory in the way is removed first.
+        ``keep_parent_times=False`` when the caller restores the parent's times itself."""
+        with _ParentTimes(dir_fd) if keep_parent_times else contextlib.nullcontext():
             try:
                 os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except IsADirectoryError:
                 self._remove(dir_fd, name, path)
                 os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        self.tree.invalidate(path)
+                self.tree.invalidate(path)
 
     def _remove(self, dir_fd: int, name: bytes, path: bytes) -> None:
         try:

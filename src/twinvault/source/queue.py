@@ -59,8 +59,10 @@ class _DiskSegment:
 
     def append(self, item: QueuedFrame) -> None:
         flags = FLAG_REPLICATION if item.replication else 0
-        record = _REC.pack(item.seq, flags, item.payload, len(item.frame)) + item.frame
-        os.write(self.write_fd, record)
+        record = memoryview(_REC.pack(item.seq, flags, item.payload, len(item.frame)) + item.frame)
+        written = 0
+        while written < len(record):  # a short write must not leave a torn record
+            written += os.write(self.write_fd, record[written:])
         self.size += len(record)
         self.count += 1
 
@@ -110,13 +112,17 @@ class OpQueue:
             if self.exhausted:
                 raise QueueExhausted("queue was exhausted; waiting for the auto-disconnect")
             size = len(item.frame)
+            was_empty = not self._memory and not self._disk
             if not self._disk and self._memory_bytes + size <= self.limits.memory_max_bytes:
                 self._memory.append(item)
                 self._memory_bytes += size
             else:
                 self._append_disk(item)
             self._count(item, +1)
-        self._notify()
+        if was_empty:
+            # Waking the sender crosses threads (a syscall); it only sleeps on an empty
+            # queue, and re-checks after clearing its event, so one wake per fill is enough.
+            self._notify()
 
     def _append_disk(self, item: QueuedFrame) -> None:
         size = _REC.size + len(item.frame)
@@ -148,6 +154,18 @@ class OpQueue:
             self.mirror_bytes_queued += sign * len(item.frame)
 
     # -- consumer side ----------------------------------------------------------------
+
+    def take_many(self, max_bytes: int) -> list[QueuedFrame]:
+        """Frames to send together, up to about ``max_bytes`` (at least one if any)."""
+        out: list[QueuedFrame] = []
+        size = 0
+        while size < max_bytes:
+            item = self.take()
+            if item is None:
+                break
+            out.append(item)
+            size += len(item.frame)
+        return out
 
     def take(self) -> QueuedFrame | None:
         """Next frame to send, or None. Replication frames move to ``inflight``."""

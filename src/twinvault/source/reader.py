@@ -14,7 +14,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from twinvault.source.selection import Selection
 log = logging.getLogger(__name__)
 
 FRAME_PAYLOAD = 4 * 1024 * 1024
+PREFETCH_THREADS = 4
 HASH = 32
 
 
@@ -58,6 +61,21 @@ class Reader:
         self._mark_again = mark_again
         self._inodes: dict[tuple[int, int], list[str]] = {}
         self.counters = ReadCounters()
+        # Small files of the next batch, read ahead in parallel: a cold disk answers
+        # several reads at once far faster than one after another.
+        self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+        self._prefetched: dict[str, tuple[os.stat_result, bytes]] = {}
+
+    def prefetch(self, items: list[Item]) -> None:
+        """Read the small regular files among ``items`` ahead (results used by ``_file``
+        only when the file is still the same version)."""
+        paths = [i.path for i in items if isinstance(i, Dirty)]
+        self._prefetched = {
+            path: got for path, got in zip(paths, self._pool.map(_read_small, paths), strict=True) if got
+        }
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
 
     def process(self, item: Item) -> None:
         if isinstance(item, Barrier):
@@ -159,19 +177,24 @@ class Reader:
             self.stream.emit(m.META, [m.wire_path(path), meta.to_wire(), base], replication=replication)
             self.view.sent_other(path, _entry(meta, old.digests))
             return
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOATIME)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
-                self._mark_again(path)
+        ahead = self._prefetched.pop(path, None)
+        if ahead is not None and _same_version(ahead[0], st):
+            digests = self._send_body(path, -1, st, meta, old, replication, data=ahead[1])
+            after = ahead[0]
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOATIME)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ELOOP):
+                    self._mark_again(path)
+                    return
+                log.warning("cannot open %s: %s", path, exc.strerror)
                 return
-            log.warning("cannot open %s: %s", path, exc.strerror)
-            return
-        try:
-            digests = self._send_body(path, fd, st, meta, old, replication)
-            after = os.fstat(fd)
-        finally:
-            os.close(fd)
+            try:
+                digests = self._send_body(path, fd, st, meta, old, replication)
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
         if after.st_size != meta.size or after.st_mtime_ns != meta.mtime_ns:
             self._mark_again(path)  # written while we read it: a newer version follows
         self.view.sent_file(path, _entry(meta, digests))
@@ -253,6 +276,7 @@ class Reader:
         meta: fsmeta.Meta,
         old: RemoteEntry | None,
         replication: bool,
+        data: bytes | None = None,
     ) -> bytes:
         full = path in self.view.full_resend
         old_digests = old.digests if (old is not None and old.kind == "file" and not full) else b""
@@ -260,11 +284,17 @@ class Reader:
         planner = _SegmentPlanner(old_digests, set() if full else self.view.known_chunks)
         wpath = m.wire_path(path)
         size = meta.size
-        if size <= SMALL_FILE and not might_be_sparse(st):
-            for digest, data in iter_pieces(fd, size):
+        if data is not None:
+            if data:
+                planner.add_chunk(blake3.blake3(data).digest(), data)
+                self.counters.bytes_read += len(data)
+            size = len(data)
+        if data is None and size <= SMALL_FILE and not might_be_sparse(st):
+            for digest, chunk in iter_pieces(fd, size):
                 if digest is not None:
-                    planner.add_chunk(digest, data)  # type: ignore[arg-type]
-                    self.counters.bytes_read += len(data)  # type: ignore[arg-type]
+                    planner.add_chunk(digest, chunk)  # type: ignore[arg-type]
+                    self.counters.bytes_read += len(chunk)  # type: ignore[arg-type]
+        if data is not None or (size <= SMALL_FILE and not might_be_sparse(st)):
             segments = planner.flush()
             self._count(planner)
             self.stream.emit(
@@ -275,12 +305,12 @@ class Reader:
             )
             return planner.digests()
         self.stream.emit(m.FBEGIN, [wpath, size, base], replication=replication)
-        for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st)):
+        for digest, piece in iter_pieces(fd, size, sparse=might_be_sparse(st)):
             if digest is None:
-                planner.add_hole(data)  # type: ignore[arg-type]
+                planner.add_hole(piece)  # type: ignore[arg-type]
                 continue
-            planner.add_chunk(digest, data)  # type: ignore[arg-type]
-            self.counters.bytes_read += len(data)  # type: ignore[arg-type]
+            planner.add_chunk(digest, piece)  # type: ignore[arg-type]
+            self.counters.bytes_read += len(piece)  # type: ignore[arg-type]
             if planner.pending_payload >= FRAME_PAYLOAD:
                 segments = planner.flush()
                 self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload())
@@ -367,6 +397,32 @@ class _SegmentPlanner:
 
     def digests(self) -> bytes:
         return b"".join(self._digests)
+
+
+def _read_small(path: str) -> tuple[os.stat_result, bytes] | None:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE or might_be_sparse(st):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOATIME)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+        return os.fstat(fd), data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
 
 
 def _entry(meta: fsmeta.Meta, digests: bytes) -> RemoteEntry:
