@@ -22,7 +22,7 @@ from tests.helpers.tree import assert_trees_equal
 from tests.unit.test_stream_roundtrip import Protection, random_bytes, write
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TARGET_DISK_FULL
-from twinvault.ops.events import Event, EventLog
+from twinvault.ops.event_log import Event, EventLog
 from twinvault.repository.applier import Stopped
 
 pytestmark = [

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from twinvault.ops import errors, events
 from twinvault.ops.errors import ERROR_CATALOG, TwinvaultError, describe
-from twinvault.ops.events import EVENT_CATALOG, Event, EventLog, format_template
+from twinvault.ops.event_log import Event, EventLog, format_template
+from twinvault.ops.events import EVENT_CATALOG
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = Path("/work/shared/reference/double-take-backup-users-guide.txt")

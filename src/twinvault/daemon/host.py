@@ -25,6 +25,7 @@ from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
+from twinvault.ops.event_log import EventLog
 from twinvault.protocol.tls import fingerprint_of_cert_file, server_context
 from twinvault.repository.receiver import ImageJob, serve_peer
 from twinvault.source.job import JobSpec, ProtectionJob
@@ -40,7 +41,7 @@ class Host:
         self.home = home
         self.config: HostConfig = load_config(home)
         self.accounts = Accounts(home.accounts, home.tokens)
-        self.events = ev.EventLog(home.events_dir)
+        self.events = EventLog(home.events_dir)
         self.fingerprint = fingerprint_of_cert_file(home.cert)
         self.source_jobs: dict[str, ProtectionJob] = {}
         self.image_jobs: dict[str, ImageJob] = {}

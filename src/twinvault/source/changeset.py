@@ -41,7 +41,9 @@ _barrier_ids = itertools.count()
 
 class ChangeSet:
     def __init__(self) -> None:
-        self._items: OrderedDict[object, Item] = OrderedDict()
+        # A path maps to its mirror flag (a bool, not a Dirty: 200,000 queued paths of
+        # a mirror would otherwise cost an object each); a barrier maps to itself.
+        self._items: OrderedDict[object, bool | Barrier] = OrderedDict()
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
 
@@ -52,15 +54,14 @@ class ChangeSet:
         with self._lock:
             old = self._items.pop(path, None)
             # A path already waiting as a replication change stays one.
-            is_mirror = mirror and (old is None or (isinstance(old, Dirty) and old.mirror))
-            self._items[path] = Dirty(path, is_mirror)
+            self._items[path] = mirror and (old is None or old is True)
             self._wakeup.notify()
 
     def mark_many(self, paths: list[str], *, mirror: bool) -> None:
         with self._lock:
             for path in paths:
                 if path not in self._items:
-                    self._items[path] = Dirty(path, mirror)
+                    self._items[path] = mirror
             self._wakeup.notify()
 
     def barrier(self, barrier: Barrier) -> None:
@@ -73,13 +74,13 @@ class ChangeSet:
             else:
                 keys = list(self._items)
             for key in [k for k in keys if isinstance(k, str) and is_within(k, barrier.path)]:
-                item = self._items.pop(key)
-                if barrier.kind == "rename" and isinstance(item, Dirty):
-                    moved.append(Dirty(barrier.new_path + key[len(barrier.path) :], item.mirror))
+                flag = self._items.pop(key)
+                if barrier.kind == "rename" and isinstance(flag, bool):
+                    moved.append(Dirty(barrier.new_path + key[len(barrier.path) :], flag))
             self._items[("barrier", next(_barrier_ids))] = barrier
             for item in moved:
                 self._items.pop(item.path, None)
-                self._items[item.path] = item
+                self._items[item.path] = item.mirror
             self._wakeup.notify()
 
     def take(self, limit: int, timeout: float) -> list[Item]:
@@ -89,8 +90,8 @@ class ChangeSet:
                 self._wakeup.wait(timeout)
             out: list[Item] = []
             while self._items and len(out) < limit:
-                _, item = self._items.popitem(last=False)
-                out.append(item)
+                key, value = self._items.popitem(last=False)
+                out.append(Dirty(key, value) if isinstance(value, bool) else value)  # type: ignore[arg-type]
             return out
 
     def wake(self) -> None:

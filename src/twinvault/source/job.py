@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.durable import write_private
+from twinvault.memory import release_free_memory
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
@@ -35,6 +36,7 @@ from twinvault.protocol.link import Link
 from twinvault.protocol.tls import check_pinned, client_context
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
+from twinvault.source.job_status import Rate, job_status
 from twinvault.source.mirror import MirrorPlan, plan_mirror
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
@@ -141,7 +143,7 @@ class ProtectionJob:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reader_thread: threading.Thread | None = None
         self._link: Link | None = None
-        self._throughput = _Rate()
+        self.throughput = Rate()
         self._sent_seq = 0
         self._link_tasks: tuple[asyncio.Task[None], ...] = ()
 
@@ -519,6 +521,8 @@ class ProtectionJob:
                     self.mirror.status = "Idle"
                     self.mirror.bytes_sent = self.mirror.bytes_acked = self.mirror.bytes_to_send
                     self._emit(ev.MIRROR_COMPLETED, **self._fields(), detail="")
+                    # A mirror's plan and queue are gone now: give their memory back.
+                    release_free_memory()
             elif kind == m.MANIFEST:
                 view = self._manifest_view
                 for e in msg[2]:
@@ -570,7 +574,7 @@ class ProtectionJob:
             self.mirror.bytes_sent += item.payload
             if item.payload:
                 self.mirror.checkpoints.append((item.seq, self.mirror.bytes_sent))
-        self._throughput.add(item.payload)
+        self.throughput.add(item.payload)
 
     def _mirror_acked(self, seq: int) -> None:
         checkpoints = self.mirror.checkpoints
@@ -603,93 +607,4 @@ class ProtectionJob:
         return plan
 
     def status(self) -> dict[str, Any]:
-        mirror = self.mirror
-        # Progress counts what the repository acknowledged (holds durably), not what
-        # merely left this host: a killed link loses what was only in flight.
-        remaining = max(0, mirror.bytes_to_send - mirror.bytes_acked) if mirror.status == "Mirroring" else 0
-        if mirror.status == "Mirroring" and mirror.bytes_to_send:
-            percent = round(100.0 * min(mirror.bytes_acked, mirror.bytes_to_send) / mirror.bytes_to_send, 1)
-        else:
-            percent = 100.0 if mirror.complete else 0.0
-        rate = self._throughput.rate()
-        time_remaining = int(remaining / rate) if remaining and rate > 0 else 0
-        if self.spec.stopped:
-            status = "Stopped"
-        elif not self.connected:
-            status = "Communication Error" if self.transmit_status == "Error" else "Starting"
-        elif mirror.status in ("Calculating", "Mirroring"):
-            status = "Mirroring"
-        else:
-            status = "Protecting"
-        health = "ok"
-        if self.failed_paths or (not self.connected and not self.spec.stopped):
-            health = "error" if not self.connected else "warning"
-        elif mirror.orphans and not self.spec.delete_orphans:
-            health = "warning"
-        total = self.bytes_sent_mirror + self.bytes_sent_replication
-        return {
-            "id": self.spec.job_id,
-            "type": self.spec.job_type,
-            "status": status,
-            "health": health,
-            "source": self.spec.source_name,
-            "target": self.spec.repository_name,
-            "image_location": self.spec.image_location,
-            "selection": list(self.spec.roots),
-            "excludes": list(self.spec.excludes),
-            "percent_complete": percent,
-            "time_remaining_s": time_remaining,
-            "total_sent_bytes": total,
-            "total_sent_compressed_bytes": total,
-            "wire_bytes": self.wire_bytes_tx,
-            "transmit_status": self.transmit_status,
-            "target_status": self.target_status,
-            "recovery_available": bool(mirror.complete and self.connected),
-            "capture": self.capture_kind,
-            "mirror": {
-                "status": mirror.status,
-                "percent_complete": percent,
-                "remaining_bytes": remaining,
-                "skipped_bytes": mirror.skipped_bytes,
-                "orphans": len(mirror.orphans),
-                "orphan_paths": mirror.orphans[:100],
-            },
-            "replication": {
-                "status": self.replication_status,
-                "bytes_sent": self.bytes_sent_replication,
-                "bytes_sent_compressed": self.bytes_sent_replication,
-                "bytes_queued": self.queue.replication_bytes_queued + self.queue.inflight_bytes,
-                "disk_queue_bytes": self.queue.disk_bytes,
-                "pending_paths": len(self.changes),
-            },
-            "failed_paths": self.failed_paths[-100:],
-            "last_error": self.last_error,
-            "chunks": {
-                "bytes_read": self.reader.counters.bytes_read,
-                "bytes_new": self.reader.counters.bytes_new,
-                "bytes_deduplicated": self.reader.counters.bytes_deduplicated,
-            },
-        }
-
-
-class _Rate:
-    """Bytes per second over the last ~10 seconds (time remaining estimates)."""
-
-    def __init__(self) -> None:
-        self._samples: list[tuple[float, int]] = []
-
-    def add(self, n: int) -> None:
-        now = time.monotonic()
-        if self._samples and now - self._samples[-1][0] < 0.25:
-            t, v = self._samples[-1]
-            self._samples[-1] = (t, v + n)
-        else:
-            self._samples.append((now, n))
-        while self._samples and now - self._samples[0][0] > 10:
-            self._samples.pop(0)
-
-    def rate(self) -> float:
-        if len(self._samples) < 2:
-            return 0.0
-        span = self._samples[-1][0] - self._samples[0][0]
-        return sum(v for _, v in self._samples) / span if span > 0 else 0.0
+        return job_status(self)

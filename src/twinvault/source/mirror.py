@@ -26,7 +26,12 @@ class MirrorPlan:
     bytes_total: int = 0
     skipped_bytes: int = 0
     orphans: list[str] = field(default_factory=list)
-    differences: list[str] = field(default_factory=list)  # for verify reports
+
+    @property
+    def differences(self) -> list[str]:
+        """What a verify reports: every path the mirror would send (one list, not two)."""
+        return self.to_send
+
     content_differs: list[str] = field(default_factory=list)  # same size and time, other bytes
 
 
@@ -116,7 +121,6 @@ def _compare(
         plan.content_differs.append(path)
     plan.to_send.append(path)
     plan.bytes_to_send += size
-    plan.differences.append(path)
 
 
 def _same(st: os.stat_result, remote: RemoteEntry) -> bool:
