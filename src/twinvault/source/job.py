@@ -52,6 +52,7 @@ RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # this long without any frame from it means the link is dead.
 STATUS_INTERVAL = 2.0
 SEND_BATCH_BYTES = 1024 * 1024
+READ_AHEAD_BYTES = 8 * SEND_BATCH_BYTES
 LINK_TIMEOUT = 10.0
 MIRROR_MARK = "mirror-complete"
 
@@ -266,9 +267,10 @@ class ProtectionJob:
     def _reader_loop(self) -> None:
         while not self._stopping.is_set():
             # Back-pressure while connected: coalescing in the change set beats queueing
-            # stale versions, and a mirror must not pile its bytes up in memory.
+            # stale versions, and a mirror must not pile its bytes up in memory. A few
+            # sender batches ahead keep the link busy; more only costs memory.
             if self.connected and self.queue.memory_bytes > min(
-                self.queue.limits.memory_max_bytes // 2, 64 << 20
+                self.queue.limits.memory_max_bytes // 2, READ_AHEAD_BYTES
             ):
                 time.sleep(0.005)
                 continue
