@@ -409,11 +409,16 @@ def _read_small(path: str) -> tuple[os.stat_result, bytes] | None:
         return None
     try:
         data = os.pread(fd, st.st_size, 0) if st.st_size else b""
-        return os.fstat(fd), data
+        after = os.fstat(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
+    # Only a read that no write overlapped is a version of the file: the same
+    # size, times and inode before and after, and every byte of that size.
+    if not _same_version(st, after) or len(data) != st.st_size:
+        return None
+    return after, data
 
 
 def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
