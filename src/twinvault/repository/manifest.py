@@ -73,8 +73,7 @@ def manifest_batches(
             for e in entries:
                 name = e.name
                 if name.startswith(TEMP_PREFIX.encode()):
-                    with contextlib.suppress(OSError):
-                        os.unlink(e.path)  # a crash's half-received file
+                    _remove_stale_temp(base + directory, e.path)
                     continue
                 path = directory.rstrip(b"/") + b"/" + name
                 entry = _entry(base, path, indexed, index, checksum, e)
@@ -87,6 +86,15 @@ def manifest_batches(
                     yield batch
                     batch = []
     yield batch
+
+
+def _remove_stale_temp(directory: bytes, path: bytes) -> None:
+    """Remove a crash's half-received file, keeping the directory's times: the entry of
+    the directory is already in the manifest, and its times are the source's."""
+    with contextlib.suppress(OSError):
+        st = os.stat(directory)
+        os.unlink(path)
+        os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _entry(

@@ -1,0 +1,34 @@
+"""The repository's manifest walk: truth from the image, crash leftovers cleaned quietly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twinvault.repository.image_index import ImageIndex
+from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
+from twinvault.repository.manifest import manifest_batches
+
+
+def test_stale_temporaries_are_removed_without_touching_directory_times(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    d = image / "srv" / "data"
+    d.mkdir(parents=True)
+    (d / "kept.txt").write_text("kept")
+    (d / f"{TEMP_PREFIX}crashed.1").write_bytes(b"half a file")
+    os.utime(d, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    tree = ImageTree(image)
+    index = ImageIndex(tmp_path / "index.sqlite")
+    try:
+        entries = [
+            e for batch in manifest_batches(tree, index, [b"/srv/data"], checksum=False) for e in batch
+        ]
+    finally:
+        index.close()
+        tree.close()
+    assert sorted(os.listdir(d)) == ["kept.txt"]
+    assert d.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    by_path = {e[0]: e for e in entries}
+    assert by_path[b"/srv/data"][3] == 1_600_000_000_123_456_789
+    assert b"/srv/data/kept.txt" in by_path
+    assert not any(TEMP_PREFIX.encode() in p for p in by_path)
