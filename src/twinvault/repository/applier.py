@@ -241,7 +241,7 @@ class Applier:
             st = os.lstat(target)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise NeedData(os.fsdecode(path)) from exc
-        if _kind_of(st.st_mode) != meta.kind or (meta.kind == "file" and st.st_size != meta.size):
+        if fsmeta.kind_of(st.st_mode) != meta.kind or (meta.kind == "file" and st.st_size != meta.size):
             raise NeedData(os.fsdecode(path))
         if meta.kind == "file" and len(msg) > 4 and msg[4]:
             current = self._current_file(path)
@@ -510,22 +510,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _kind_of(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "chr"
-    if stat.S_ISBLK(mode):
-        return "blk"
-    return "sock"
 
 
 def _times_of(dir_fd: int) -> tuple[int, int]:

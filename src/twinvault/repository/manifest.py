@@ -15,25 +15,12 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
+from twinvault import fsmeta
 from twinvault.repository.image_index import ImageIndex, digests_of
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.source.chunker import file_digests
 
 BATCH = 2000
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "dir"),
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISCHR, "chr"),
-        (stat.S_ISBLK, "blk"),
-    ):
-        if test(mode):
-            return name
-    return "sock"
 
 
 def manifest_batches(
@@ -109,7 +96,7 @@ def _entry(
         st = dirent.stat(follow_symlinks=False) if dirent is not None else os.lstat(base + path)
     except OSError:
         return None
-    kind = _kind(st.st_mode)
+    kind = fsmeta.kind_of(st.st_mode)
     digests = b""
     if kind == "file":
         if checksum:

@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from twinvault import fsmeta
 from twinvault.source.chunker import file_digests
 from twinvault.source.remote_view import RemoteEntry, RemoteView
 from twinvault.source.selection import Selection
@@ -124,7 +125,7 @@ def _compare(
 
 
 def _same(st: os.stat_result, remote: RemoteEntry) -> bool:
-    kind = _kind(st.st_mode)
+    kind = fsmeta.kind_of(st.st_mode)
     if kind != remote.kind or stat.S_IMODE(st.st_mode) != remote.mode:
         return False
     if st.st_uid != remote.uid or st.st_gid != remote.gid:
@@ -140,19 +141,3 @@ def _same_content(path: str, remote: RemoteEntry) -> bool:
     except OSError:
         return False
     return digests == remote.digests
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "chr"
-    if stat.S_ISBLK(mode):
-        return "blk"
-    return "sock"
