@@ -28,6 +28,13 @@ def test_wrong_password_is_refused_counted_and_logged(two_hosts: Hosts) -> None:
     assert 9000 in event_ids(alpha)
     # The cached login from before still works: nothing was lost.
     assert console.json("jobs", "--server", alpha.api) == {"jobs": []}
+    # ... and the failure is in the host's Security statistics.
+    from twinvault.cli.client import ApiClient, CredentialCache
+
+    cred = CredentialCache(console.config_dir).get(alpha.api)
+    security = ApiClient(alpha.api, cred.fingerprint, cred.token).call("GET", "/api/host")["security"]
+    assert security["logins_failed"] == 1
+    assert security["logins_ok"] >= 1
 
 
 def test_unknown_host_without_login_names_the_fix(two_hosts: Hosts) -> None:

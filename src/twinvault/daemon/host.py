@@ -9,6 +9,7 @@ object), ``source.job`` and ``repository.receiver``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -294,4 +295,6 @@ class Host:
             "api_port": self.config.api_port,
             "pid": os.getpid(),
             "started": self.started,
+            # The seed's Security statistics.
+            "security": dataclasses.asdict(self.accounts.counters),
         }
