@@ -253,3 +253,18 @@ def test_image_is_plain_browsable_files(two_hosts: Hosts, tmp_path: Path) -> Non
         or subprocess.run(["diff", "-r", str(src), str(in_image(image, src))]).returncode == 0
     )
     wait_for(lambda: True)
+
+
+def test_forget_stops_monitoring_and_import_brings_the_job_back(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    job, image = protect(console, alpha, beta, src)
+    wait_idle(console, alpha, job)
+    console.run("job", "forget", job)
+    assert console.json("jobs", "--server", alpha.api)["jobs"] == []
+    (src / "still-protected").write_text("the job runs on while not monitored")
+    wait_equal(src, in_image(image, src))
+    imported = console.json("job", "import", "--server", alpha.api)
+    assert imported["imported"] == [job]
+    assert [j["id"] for j in console.json("jobs", "--server", alpha.api)["jobs"]] == [job]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.live import Live
 from rich.table import Table
 
-from twinvault.cli.client import ApiClient, CredentialCache
+from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.durable import write_private
 from twinvault.ops.errors import TwinvaultError
 
 
@@ -33,6 +36,58 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
             p.add_argument("--checksum", action="store_true")
             p.add_argument("--remirror", action="store_true")
         p.set_defaults(func=job_action)
+
+    p = job.add_parser("forget", help="stop monitoring a job (it keeps running)")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=job_forget)
+    p = job.add_parser("import", help="monitor every job of a server again")
+    p.add_argument("--server", default="localhost")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=job_import)
+
+
+def _forgotten_file() -> Path:
+    return config_dir() / "forgotten-jobs.json"
+
+
+def _forgotten() -> set[str]:
+    try:
+        return set(json.loads(_forgotten_file().read_text()))
+    except FileNotFoundError:
+        return set()
+
+
+def _save_forgotten(ids: set[str]) -> None:
+    _forgotten_file().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(_forgotten_file(), json.dumps(sorted(ids)).encode())
+
+
+def job_forget(args: argparse.Namespace) -> int:
+    """The seed's "Stop monitoring job": the console hides it; the job runs on."""
+    _save_forgotten(_forgotten() | {args.job})
+    if args.json:
+        emit_json({"forgotten": args.job})
+    else:
+        console.print(f"job {args.job} is no longer monitored (twinvault job import brings it back)")
+    return 0
+
+
+def job_import(args: argparse.Namespace) -> int:
+    """The seed's "Import jobs": monitor every job the server knows again."""
+    views = ApiClient.for_host(args.server).call("GET", "/api/jobs")["jobs"]
+    ids = {v["id"] for v in views}
+    _save_forgotten(_forgotten() - ids)
+    if args.json:
+        emit_json({"imported": sorted(ids)})
+    else:
+        console.print(f"monitoring {len(ids)} job(s) of {args.server}")
+    return 0
+
+
+def _monitored(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    hidden = _forgotten()
+    return [v for v in views if v["id"] not in hidden]
 
 
 def _row(j: dict[str, Any]) -> list[Any]:
@@ -57,7 +112,7 @@ def jobs(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.duration if args.duration else None
         with Live(console=console, refresh_per_second=2) as live:
             while deadline is None or time.monotonic() < deadline:
-                views = client.call("GET", "/api/jobs")["jobs"]
+                views = _monitored(client.call("GET", "/api/jobs")["jobs"])
                 t = Table(title=f"jobs on {args.server}  {time.strftime('%H:%M:%S')}")
                 for c in [*_COLUMNS, "mirror", "replication", "sent", "queued"]:
                     t.add_column(c)
@@ -72,7 +127,7 @@ def jobs(args: argparse.Namespace) -> int:
                 live.update(t)
                 time.sleep(1)
         return 0
-    views = client.call("GET", "/api/jobs")["jobs"]
+    views = _monitored(client.call("GET", "/api/jobs")["jobs"])
     if args.json:
         emit_json(
             {
