@@ -37,7 +37,7 @@ from twinvault.protocol.tls import check_pinned, client_context
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
-from twinvault.source.mirror import MirrorPlan, plan_mirror
+from twinvault.source.mirror import MirrorPlan, plan_mirror, warm_tree
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
@@ -453,7 +453,12 @@ class ProtectionJob:
             **self._fields(),
         )
         await self._sent_through(self.stream.last_seq)
-        view = await self._request_manifest(link, checksum)
+        warming = asyncio.create_task(asyncio.to_thread(warm_tree, self.selection))
+        try:
+            view = await self._request_manifest(link, checksum)
+            await warming
+        finally:
+            warming.cancel()
         self.view = view
         self.reader.view = view
         plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)

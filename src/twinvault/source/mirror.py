@@ -62,6 +62,31 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
     return plan
 
 
+def warm_tree(selection: Selection) -> int:
+    """Stat every entry of the selection and keep nothing: run while the repository
+    walks its image, it brings the source's inodes into the cache so that the plan that
+    follows walks warm. The two walks then overlap instead of running one after the
+    other, at no memory cost. Returns the number of entries seen."""
+    seen = 0
+    stack = [r for r in selection.roots if os.path.isdir(r)]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                for entry in it:
+                    seen += 1
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return seen
+
+
 def _walk(
     root: str, selection: Selection, view: RemoteView, plan: MirrorPlan, seen: set[str], checksum: bool
 ) -> None:
