@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.faults import fill_filesystem, small_filesystem
+from tests.helpers.roundtrip import Protection, random_bytes, write
 from tests.helpers.tree import assert_trees_equal
-from tests.unit.test_stream_roundtrip import Protection, random_bytes, write
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TARGET_DISK_FULL
 from twinvault.ops.event_log import Event, EventLog
