@@ -69,6 +69,28 @@ class Console:
         proc = self.run(*args, "--json", check=check)
         return json.loads(proc.stdout)
 
+    def refused(self, *args: str, stdin: str | None = None) -> int:
+        """Run a command that must fail; return the catalog code it reports."""
+        code = self._outcome(*args, stdin=stdin)
+        assert code != 0, f"twinvault {' '.join(args)} succeeded"
+        return code
+
+    def login(self, api: str, *extra: str, password: str = PASSWORD) -> int:
+        """Log in; returns 0 on success, else the error code."""
+        return self._outcome(
+            "login", api, "--user", "admin", "--password-stdin", *extra, stdin=password + "\n"
+        )
+
+    def _outcome(self, *args: str, stdin: str | None) -> int:
+        """0 for success; for a failure check the contract's shape (non-zero exit,
+        ``error CODE: ...`` on stderr, the JSON error document on stdout), return CODE."""
+        proc = self.run(*args, "--json", stdin=stdin, check=False)
+        if proc.returncode == 0:
+            return 0
+        code = int(json.loads(proc.stdout)["error"]["code"])
+        assert f"error {code}:" in proc.stderr
+        return code
+
 
 class PortTaken(Exception):
     pass
@@ -123,19 +145,9 @@ class TestHost:
                 if "address already in use" in log_text[-2000:]:
                     raise PortTaken(self.name)
                 raise AssertionError(f"{self.name} exited: {log_text[-3000:]}")
-            try:
-                console.run(
-                    "login",
-                    self.api,
-                    "--user",
-                    "admin",
-                    "--password-stdin",
-                    "--trust-on-first-use",
-                    stdin=PASSWORD + "\n",
-                )
+            if console.login(self.api, "--trust-on-first-use") == 0:
                 return
-            except AssertionError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise AssertionError(f"{self.name} did not answer: {(self.home / 'serve.log').read_text()[-3000:]}")
 
     def stop(self) -> None:

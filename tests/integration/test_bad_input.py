@@ -6,7 +6,7 @@ import json
 import stat
 from pathlib import Path
 
-from tests.helpers.hosts import PASSWORD, Console, TestHost
+from tests.helpers.hosts import Console, TestHost
 from tests.helpers.protection import event_ids, protect, wait_idle
 
 Hosts = tuple[Console, TestHost, TestHost]
@@ -19,12 +19,7 @@ def _error(proc_stdout: str) -> dict[str, object]:
 
 def test_wrong_password_is_refused_counted_and_logged(two_hosts: Hosts) -> None:
     console, alpha, _ = two_hosts
-    proc = console.run(
-        "login", alpha.api, "--user", "admin", "--password-stdin", "--json", stdin="wrong\n", check=False
-    )
-    assert proc.returncode != 0
-    assert _error(proc.stdout)["code"] == -1009
-    assert "error -1009" in proc.stderr
+    assert console.login(alpha.api, password="wrong") == -1009
     assert 9000 in event_ids(alpha)
     # The cached login from before still works: nothing was lost.
     assert console.json("jobs", "--server", alpha.api) == {"jobs": []}
@@ -49,88 +44,29 @@ def test_unknown_host_without_login_names_the_fix(two_hosts: Hosts) -> None:
 def test_unpinned_and_changed_fingerprints_are_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     _, alpha, _ = two_hosts
     fresh = Console(tmp_path / "fresh-console")
-    proc = fresh.run(
-        "login",
-        alpha.api,
-        "--user",
-        "admin",
-        "--password-stdin",
-        "--json",
-        stdin=PASSWORD + "\n",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -1002
-    proc = fresh.run(
-        "login",
-        alpha.api,
-        "--user",
-        "admin",
-        "--password-stdin",
-        "--json",
-        "--accept-fingerprint",
-        "00" * 32,
-        stdin=PASSWORD + "\n",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -1001
+    assert fresh.login(alpha.api) == -1002
+    assert fresh.login(alpha.api, "--accept-fingerprint", "00" * 32) == -1001
     # Pin the real one, then make the host present another certificate.
-    fresh.run(
-        "login",
-        alpha.api,
-        "--user",
-        "admin",
-        "--password-stdin",
-        "--trust-on-first-use",
-        stdin=PASSWORD + "\n",
-    )
+    assert fresh.login(alpha.api, "--trust-on-first-use") == 0
     creds_file = tmp_path / "fresh-console" / "credentials.json"
     assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
     creds = json.loads(creds_file.read_text())
     for c in creds.values():
         c["fingerprint"] = "ab" * 32
     creds_file.write_text(json.dumps(creds))
-    proc = fresh.run("jobs", "--server", alpha.api, "--json", check=False)
-    assert _error(proc.stdout)["code"] == -1001
-    proc = fresh.run(
-        "login",
-        alpha.api,
-        "--user",
-        "admin",
-        "--password-stdin",
-        "--json",
-        stdin=PASSWORD + "\n",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -1001
+    assert fresh.refused("jobs", "--server", alpha.api) == -1001
+    assert fresh.login(alpha.api) == -1001
+
+
+def _protect(console: Console, source: TestHost, repository: TestHost, *args: str) -> int:
+    return console.refused("protect", "--source", source.api, "--repository", repository.api, *args)
 
 
 def test_missing_or_unreadable_selection_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     console, alpha, beta = two_hosts
-    proc = console.run(
-        "protect",
-        "--source",
-        alpha.api,
-        "--repository",
-        beta.api,
-        "--data",
-        str(tmp_path / "does-not-exist"),
-        "--json",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -140
+    assert _protect(console, alpha, beta, "--data", str(tmp_path / "does-not-exist")) == -140
     assert console.json("jobs", "--server", beta.api)["jobs"] == []  # nothing left behind
-    proc = console.run(
-        "protect",
-        "--source",
-        alpha.api,
-        "--repository",
-        beta.api,
-        "--data",
-        "relative/path",
-        "--json",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -101
+    assert _protect(console, alpha, beta, "--data", "relative/path") == -101
 
 
 def test_unreadable_selection_for_an_unprivileged_daemon(tmp_path: Path) -> None:
@@ -141,18 +77,7 @@ def test_unreadable_selection_for_an_unprivileged_daemon(tmp_path: Path) -> None
     with running_hosts(tmp_path, "alpha", "beta") as (console, (alpha, beta)):
         blocker = tmp_path / "a-file"
         blocker.write_text("x")
-        proc = console.run(
-            "protect",
-            "--source",
-            alpha.api,
-            "--repository",
-            beta.api,
-            "--data",
-            str(blocker / "inside"),
-            "--json",
-            check=False,
-        )
-        assert _error(proc.stdout)["code"] in (-140, -142)
+        assert _protect(console, alpha, beta, "--data", str(blocker / "inside")) in (-140, -142)
 
 
 def test_repository_path_prefix_not_writable(two_hosts: Hosts, tmp_path: Path) -> None:
@@ -161,67 +86,26 @@ def test_repository_path_prefix_not_writable(two_hosts: Hosts, tmp_path: Path) -
     src.mkdir()
     blocker = tmp_path / "prefix-is-a-file"
     blocker.write_text("not a directory")
-    proc = console.run(
-        "protect",
-        "--source",
-        alpha.api,
-        "--repository",
-        beta.api,
-        "--data",
-        str(src),
-        "--path-prefix",
-        str(blocker),
-        "--json",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -1006
-    proc = console.run(
-        "protect",
-        "--source",
-        alpha.api,
-        "--repository",
-        beta.api,
-        "--data",
-        str(src),
-        "--path-prefix",
-        "relative",
-        "--json",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -218
+    assert _protect(console, alpha, beta, "--data", str(src), "--path-prefix", str(blocker)) == -1006
+    assert _protect(console, alpha, beta, "--data", str(src), "--path-prefix", "relative") == -218
 
 
 def test_selection_holding_the_repository_image_is_refused(two_hosts: Hosts, tmp_path: Path) -> None:
     console, _, beta = two_hosts
-    proc = console.run(
-        "protect",
-        "--source",
-        beta.api,
-        "--repository",
-        beta.api,
-        "--data",
-        str(tmp_path),
-        "--json",
-        check=False,
-    )
-    assert _error(proc.stdout)["code"] == -1013
+    assert _protect(console, beta, beta, "--data", str(tmp_path)) == -1013
 
 
 def test_unknown_job_and_repeated_stop(two_hosts: Hosts, tmp_path: Path) -> None:
     console, alpha, beta = two_hosts
     for action in ("show", "stop", "resume", "delete", "verify"):
-        proc = console.run("job", action, "nosuchjob", "--server", alpha.api, "--json", check=False)
-        assert proc.returncode != 0
-        assert _error(proc.stdout)["code"] == -107
+        assert console.refused("job", action, "nosuchjob", "--server", alpha.api) == -107
     src = tmp_path / "src"
     src.mkdir()
     job, _ = protect(console, alpha, beta, src)
     wait_idle(console, alpha, job)
     console.run("job", "stop", job, "--server", alpha.api)
-    proc = console.run("job", "stop", job, "--server", alpha.api, "--json", check=False)
-    assert _error(proc.stdout)["code"] == -1014
-    proc = console.run("job", "verify", job, "--server", alpha.api, "--json", check=False)
-    assert _error(proc.stdout)["code"] == -107
+    assert console.refused("job", "stop", job, "--server", alpha.api) == -1014
+    assert console.refused("job", "verify", job, "--server", alpha.api) == -107
 
 
 def test_api_refuses_requests_without_a_valid_token(two_hosts: Hosts, tmp_path: Path) -> None:
