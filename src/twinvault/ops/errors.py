@@ -286,6 +286,19 @@ TOKEN_INVALID: Final = -1010
 SELECTION_OVERLAPS_IMAGE: Final = -1013
 JOB_ALREADY_IN_STATE: Final = -1014
 INTERNAL_ERROR: Final = -1015
+# Repository history (chunk store, journal, catalog, points in time)
+STORE_WRONG_KEY: Final = -1020
+STORE_KEY_REQUIRED: Final = -1021
+STORE_UNREACHABLE: Final = -1022
+STORE_FORMAT_UNSUPPORTED: Final = -1023
+CHUNK_MISSING: Final = -1024
+CHUNK_CORRUPT: Final = -1025
+CATALOG_UNAVAILABLE: Final = -1026
+INSTANT_NOT_VALID: Final = -1027
+SNAPSHOT_NOT_FOUND: Final = -1028
+IMAGE_NOT_FOUND: Final = -1029
+REPOSITORY_DAMAGED: Final = -1030
+STORE_EXISTS: Final = -1031
 
 _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     UNKNOWN_HOST: "Unknown host: no cached login (run twinvault login first)",
@@ -302,6 +315,18 @@ _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     # Distinct from the guide's -1 (a failure without a specific code): -1015 is a twinvault
     # defect, worth a bug report.
     INTERNAL_ERROR: "Internal error",
+    STORE_WRONG_KEY: "Wrong encryption key for the chunk store",
+    STORE_KEY_REQUIRED: "The chunk store is encrypted: a passphrase or key file is required",
+    STORE_UNREACHABLE: "Chunk store backend is unreachable",
+    STORE_FORMAT_UNSUPPORTED: "Chunk store format version is not supported",
+    CHUNK_MISSING: "Chunk is missing from the chunk store",
+    CHUNK_CORRUPT: "Chunk failed its integrity check",
+    CATALOG_UNAVAILABLE: "Catalog database is unavailable",
+    INSTANT_NOT_VALID: "The instant is outside every range valid for recovery",
+    SNAPSHOT_NOT_FOUND: "Snapshot does not exist",
+    IMAGE_NOT_FOUND: "Image does not exist on this repository",
+    REPOSITORY_DAMAGED: "Repository check found damaged data",
+    STORE_EXISTS: "A chunk store already exists at that location",
 }
 
 ERROR_CATALOG: Final[dict[int, str]] = {**_GUIDE_CATALOG, **_TWINVAULT_CATALOG}

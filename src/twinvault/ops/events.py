@@ -166,6 +166,15 @@ CAPTURE_LOST_EVENTS: Final = 9003
 ORPHANS_FOUND: Final = 9004
 IMAGE_MISMATCH: Final = 9005
 PEER_REJECTED: Final = 9006
+# Repository history
+SNAPSHOT_TAKEN: Final = 9010
+STORE_BACKEND_FAILING: Final = 9011
+STORE_BACKEND_RECOVERED: Final = 9012
+CATALOG_REBUILT: Final = 9013
+CATALOG_REPLAYED: Final = 9014
+PRUNE_COMPLETED: Final = 9015
+CHECK_FOUND_DAMAGE: Final = 9016
+STORE_RECOVERED_AFTER_CRASH: Final = 9017
 
 # The guide's "%1 (%2) for Replication Set %3, ID: %4": target name, its address, the
 # job's replication set (its name), the job (connection) ID.
@@ -550,6 +559,34 @@ _TWINVAULT_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
         "Repository image for {job} does not match the source: {count} differences",
     ),
     (PEER_REJECTED, "Security", "warning", "Peer {peer} rejected: {reason}"),
+    (SNAPSHOT_TAKEN, "Repository", "info", "Snapshot {snapshot} ({type}) taken of image {image} at {time}"),
+    (
+        STORE_BACKEND_FAILING,
+        "Repository",
+        "warning",
+        "Chunk store backend {backend} is failing ({reason}); {pending} packs wait locally and are retried",
+    ),
+    (STORE_BACKEND_RECOVERED, "Repository", "info", "Chunk store backend {backend} is reachable again"),
+    (
+        CATALOG_REBUILT,
+        "Repository",
+        "warning",
+        "Catalog was {reason}: rebuilt from the journal ({records} records) in {seconds} s",
+    ),
+    (CATALOG_REPLAYED, "Repository", "info", "Catalog replayed {records} journal records"),
+    (
+        PRUNE_COMPLETED,
+        "Repository",
+        "info",
+        "Prune removed {versions} versions and {chunks} chunks ({bytes} bytes) older than {horizon}",
+    ),
+    (CHECK_FOUND_DAMAGE, "Repository", "error", "Repository check found damage: {summary}"),
+    (
+        STORE_RECOVERED_AFTER_CRASH,
+        "Repository",
+        "warning",
+        "Chunk store recovered after an unclean stop: {detail}",
+    ),
 )
 
 EVENT_CATALOG: Final[dict[int, EventSpec]] = {
