@@ -1,0 +1,586 @@
+"""The chunk store: content-addressed blobs in packs, with an index, on a backend.
+
+It stores blobs addressed by the 32-byte BLAKE3 digest of the plain chunk (computed by
+the caller, checked here) and knows nothing of files, images, the catalog or the source
+(kopia's layering). Neighbours: `writer` (the pack being filled and the group commit),
+`uploader` (sealed packs to the backend), `recovery` (repairs at open), `garbage`
+(collection), `check` (integrity), `index`, `codec`, `pack`, `keys`; the history
+recorder and the restore path are its callers. `docs/chunkstore.md` is the full story.
+
+Threads: any number of threads may put, commit, get and has at once. Puts compress and
+encrypt outside every lock; the short critical section appends the blob to the open pack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from twinvault.durable import write_private
+from twinvault.ops import errors
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.repository.chunkstore import index as ix
+from twinvault.repository.chunkstore.backend import Backend, check_name
+from twinvault.repository.chunkstore.check import CheckReport, StoreCheck
+from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
+from twinvault.repository.chunkstore.garbage import GarbageCollector, GcReport, Progress
+from twinvault.repository.chunkstore.index import Index, IndexDamaged
+from twinvault.repository.chunkstore.keys import CONFIG_NAME, StoreConfig, StoreKeys, new_config, unlock
+from twinvault.repository.chunkstore.layout import OBJECTS_PREFIX, StateDir, object_key, pack_key
+from twinvault.repository.chunkstore.local import fsync_dir, write_durably
+from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
+from twinvault.repository.chunkstore.recovery import rebuild_index, recover
+from twinvault.repository.chunkstore.retry import RetryingBackend, RetryPolicy
+from twinvault.repository.chunkstore.uploader import Uploader
+from twinvault.repository.chunkstore.writer import PackWriter
+
+log = logging.getLogger(__name__)
+
+OnEvent = Callable[[int, dict[str, object]], None]
+
+DEFAULT_PACK_SIZE: Final = 16 << 20
+DEFAULT_LEVEL: Final = 3
+_RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
+_RUN_MAX: Final = 8 << 20  # ... up to this many bytes per read
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    chunks: int
+    raw_bytes: int  # sum of the chunks' plain lengths
+    stored_bytes: int  # sum of the packs' sizes (local and on the backend)
+    packs: int
+    pending_uploads: int  # sealed packs and saved objects not on the backend yet
+
+
+class _PackGone(Exception):
+    """The pack a location names is in none of its places (moved by GC meanwhile?)."""
+
+
+@dataclass
+class _Opening:
+    """What every way of opening a store sets up first: the locked state dir and the
+    retrying backend wired to report outages through the caller's event callback."""
+
+    state: StateDir
+    lock_fd: int
+    backend: RetryingBackend
+    emit: Callable[[int, dict[str, object]], None]
+    stop: threading.Event
+
+
+class ChunkStore:
+    def __init__(
+        self,
+        opening: _Opening,
+        config: StoreConfig,
+        keys: StoreKeys | None,
+        index: Index,
+        *,
+        level: int,
+        pack_size: int,
+    ) -> None:
+        """Use `create`, `open` or `open_or_create`."""
+        self.state = state = opening.state
+        self.backend = backend = opening.backend
+        self.config = config
+        self.store_uuid = config.store_uuid
+        self.index = index
+        self.codec = BlobCodec(level, keys)
+        self.pack_size = pack_size
+        self._lock_fd = opening.lock_fd
+        self._emit = opening.emit
+        self._stop = opening.stop
+        self._objects_lock = threading.Lock()
+        self._uploader = Uploader(state, index, backend, self._objects_lock)
+        seal = self.codec.seal_trailer if self.codec.encrypted else None
+        self._writer = PackWriter(state, index, self.store_uuid, pack_size, seal, self._uploader.wake)
+        self._gc = GarbageCollector(
+            index, self.codec, backend, self.store_uuid, pack_size, self._writer, self._uploader
+        )
+        self._closed = False
+        self._uploader.start()
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        state_dir: Path,
+        backend: Backend,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | None = None,
+        compression_level: int = DEFAULT_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        on_event: OnEvent | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ChunkStore:
+        """Make a new store on `backend`; STORE_EXISTS if it (or `state_dir`) already holds one."""
+        with _opening(state_dir, backend, retry, on_event) as opening:
+            state = opening.state
+            if state.config.exists() or state.index.exists():
+                raise TwinvaultError(
+                    errors.STORE_EXISTS, f"state dir {state.root} already holds a chunk store"
+                )
+            if opening.backend.exists(CONFIG_NAME):
+                raise TwinvaultError(errors.STORE_EXISTS, backend.name)
+            config, keys = new_config(
+                passphrase=passphrase,
+                key_file=key_file,
+                compression_level=compression_level,
+                pack_size=pack_size,
+            )
+            opening.backend.save(CONFIG_NAME, config.to_json())
+            write_private(state.config, config.to_json())
+            index = Index(state.index, config.store_uuid)
+            index.mark_complete()
+        return cls(opening, config, keys, index, level=compression_level, pack_size=pack_size)
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        backend: Backend,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | None = None,
+        on_event: OnEvent | None = None,
+        compression_level: int | None = None,
+        pack_size: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ChunkStore:
+        """Open an existing store, repairing what an unclean stop left (event 9017).
+
+        `compression_level` and `pack_size` override the store's defaults for this session.
+        """
+        with _opening(state_dir, backend, retry, on_event) as opening:
+            state = opening.state
+            config, raw = _load_config(state, opening.backend)
+            keys = unlock(config, passphrase=passphrase, key_file=key_file, where=backend.name)
+            if not state.config.exists():
+                write_private(state.config, raw)
+            clean = state.clean.exists()
+            if clean:
+                state.clean.unlink()
+                fsync_dir(state.root)
+            codec = BlobCodec(config.compression_level, keys)
+            index, repaired = _open_index(state, config, codec, opening.backend, clean)
+        store = cls(
+            opening,
+            config,
+            keys,
+            index,
+            level=config.compression_level if compression_level is None else compression_level,
+            pack_size=config.pack_size if pack_size is None else pack_size,
+        )
+        if repaired:
+            opening.emit(ev.STORE_RECOVERED_AFTER_CRASH, {"detail": "; ".join(repaired)})
+        return store
+
+    @classmethod
+    def open_or_create(
+        cls,
+        state_dir: Path,
+        backend: Backend,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | None = None,
+        compression_level: int = DEFAULT_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        on_event: OnEvent | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ChunkStore:
+        """What the daemon calls at start: open the store if there is one, else create it."""
+        state = StateDir(Path(state_dir))
+        if state.config.exists() or RetryingBackend(backend, retry).exists(CONFIG_NAME):
+            return cls.open(
+                state_dir,
+                backend,
+                passphrase=passphrase,
+                key_file=key_file,
+                on_event=on_event,
+                compression_level=compression_level,
+                pack_size=pack_size,
+                retry=retry,
+            )
+        return cls.create(
+            state_dir,
+            backend,
+            passphrase=passphrase,
+            key_file=key_file,
+            compression_level=compression_level,
+            pack_size=pack_size,
+            on_event=on_event,
+            retry=retry,
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def has(self, digest: bytes) -> bool:
+        """True if the chunk is stored (a True answer protects it from a running collection)."""
+        return self._dedup_hit(self.codec.store_id(_checked(digest)))
+
+    def put(self, digest: bytes, data: bytes) -> bool:
+        """Store a chunk given plain; False if it was already stored. Durable after `commit`."""
+        store_id = self.codec.store_id(_checked(digest))
+        if self._dedup_hit(store_id):
+            return False
+        if digest_of(data) != digest:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"put: data does not hash to {digest.hex()}")
+        flags, payload = self.codec.encode(store_id, data)
+        return self._append(store_id, digest, len(data), flags, payload)
+
+    def put_compressed(self, digest: bytes, raw_length: int, frame: bytes) -> bool:
+        """Store a chunk that arrived as a zstd frame, as it is (checked, never recompressed)."""
+        store_id = self.codec.store_id(_checked(digest))
+        if self._dedup_hit(store_id):
+            return False
+        try:
+            plain = self.codec.decompress(frame, raw_length)
+        except BlobInvalid as exc:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"put_compressed {digest.hex()}: {exc}") from exc
+        if len(plain) != raw_length or digest_of(plain) != digest:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"put_compressed: frame does not hold {digest.hex()}")
+        flags, payload = self.codec.encode_frame(store_id, frame)
+        return self._append(store_id, digest, raw_length, flags, payload)
+
+    def _dedup_hit(self, store_id: bytes) -> bool:
+        indexed = self.index.contains(store_id)
+        with self._writer.lock:
+            found = self._writer.pending_locked(store_id) is not None or (
+                indexed and store_id not in self._gc.dead
+            )
+            if found and self._gc.touched is not None:
+                self._gc.touched.add(store_id)
+        return found
+
+    def _append(self, store_id: bytes, digest: bytes, raw_len: int, flags: int, payload: bytes) -> bool:
+        self._check_open()
+        with self._writer.lock:
+            # Another thread may have put the same chunk while we compressed it.
+            if self._writer.pending_locked(store_id) is not None:
+                return False
+            replace = store_id in self._gc.dead
+            self._writer.append_locked(store_id, digest, raw_len, flags, payload, replace=replace)
+        return True
+
+    def commit(self) -> None:
+        """Every chunk put so far is durable on local disk; never waits for the backend."""
+        self._writer.commit()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, digest: bytes) -> bytes:
+        """The plain chunk, verified: CHUNK_MISSING, CHUNK_CORRUPT or STORE_UNREACHABLE otherwise."""
+        store_id = self.codec.store_id(_checked(digest))
+        for attempt in (1, 2):
+            pack, entry = self._locate(store_id, digest)
+            try:
+                blob = self._read(pack, entry.offset, BLOB_HEADER.size + entry.stored_len)
+            except _PackGone:
+                if attempt == 1:
+                    continue  # a collection may have moved it: look it up again
+                raise TwinvaultError(errors.CHUNK_MISSING, f"{digest.hex()}: pack {pack} is gone") from None
+            return self._decode(digest, store_id, pack, entry, blob)
+        raise AssertionError("unreachable")
+
+    def get_many(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Every distinct chunk of `digests` once, in pack order (neighbours read as one range).
+
+        Raises CHUNK_MISSING before yielding anything if a digest is unknown.
+        """
+        by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
+        for digest in dict.fromkeys(digests):
+            store_id = self.codec.store_id(_checked(digest))
+            pack, entry = self._locate(store_id, digest)
+            by_pack[pack].append((entry, digest))
+        for pack, items in by_pack.items():
+            items.sort(key=lambda item: item[0].offset)
+            for run in _runs(items):
+                start, end = run[0][0].offset, run[-1][0].end
+                try:
+                    data = self._read(pack, start, end - start)
+                except _PackGone:
+                    for _, digest in run:
+                        yield digest, self.get(digest)
+                    continue
+                for entry, digest in run:
+                    blob = data[entry.offset - start : entry.end - start]
+                    yield digest, self._decode(digest, entry.store_id, pack, entry, blob)
+
+    def _locate(self, store_id: bytes, digest: bytes) -> tuple[str, BlobEntry]:
+        found = self._writer.pending(store_id) or self.index.locate(store_id)
+        if found is None:
+            raise TwinvaultError(errors.CHUNK_MISSING, digest.hex())
+        return found
+
+    def _read(self, pack: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a pack wherever it is now: open, sealed, or on the backend."""
+        for path in (self.state.open_pack(pack), self.state.sealed_pack(pack)):
+            try:
+                with open(path, "rb") as f:
+                    data = os.pread(f.fileno(), length, offset)
+            except FileNotFoundError:
+                continue
+            break
+        else:
+            try:
+                data = self.backend.load(pack_key(pack), offset, length)
+            except FileNotFoundError:
+                raise _PackGone(pack) from None
+        if len(data) < length:
+            raise TwinvaultError(
+                errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
+            )
+        return data
+
+    def _decode(self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes) -> bytes:
+        head = parse_blob_header(blob, 0)
+        if head is None or head[1] != store_id or head[3] != entry.stored_len:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: blob header damaged (pack {pack})")
+        try:
+            plain = self.codec.decode(store_id, head[0], head[2], memoryview(blob)[BLOB_HEADER.size :])
+        except BlobInvalid as exc:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: {exc} (pack {pack})") from None
+        if digest_of(plain) != digest:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: content hash mismatch (pack {pack})")
+        return plain
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    def begin_collection(self) -> None:
+        """Call before computing `referenced` for `collect_garbage`: chunks that put/has find
+        already stored from now on are kept even if `referenced` misses them."""
+        self._gc.begin()
+
+    def collect_garbage(
+        self, referenced: Container[bytes], *, on_progress: Progress | None = None
+    ) -> GcReport:
+        """Drop chunks whose plain digest is not in `referenced`; crash-safe at every step."""
+        self._check_open()
+        return self._gc.collect(
+            referenced, flush_timeout=self.backend.policy.give_up_after, on_progress=on_progress
+        )
+
+    def check(self, read_data: bool = False, digests: Iterable[bytes] | None = None) -> CheckReport:
+        """Report missing and corrupt chunks (plain digests) and problems in words."""
+        return StoreCheck(self.state, self.index, self.codec, self.backend, self._is_pending).run(
+            read_data, digests
+        )
+
+    def _is_pending(self, store_id: bytes) -> bool:
+        return self._writer.pending(store_id) is not None
+
+    def stats(self) -> StoreStats:
+        chunks, raw = self.index.totals()
+        pending, pending_raw = self._writer.pending_totals()
+        unsealed, unsealed_bytes = self._writer.counts()
+        rows = [r for r in self.index.packs() if r.state != ix.OPEN]
+        return StoreStats(
+            chunks=chunks + pending,
+            raw_bytes=raw + pending_raw,
+            stored_bytes=sum(r.size for r in rows) + unsealed_bytes,
+            packs=len(rows) + unsealed,
+            pending_uploads=self._uploader.pending(),
+        )
+
+    # --- objects that live with the store ---------------------------------------------------
+
+    def save_object(self, name: str, data: bytes) -> None:
+        """Keep `data` as `name` (encrypted when the store is): durable locally when this
+        returns, on the backend once the uploader has sent it."""
+        check_name(name)
+        blob = self.codec.encode_object(name, data)
+        with self._objects_lock:
+            write_durably(self.state.outbox_file(name), blob, self.state.tmp)
+        self._uploader.wake()
+
+    def load_object(self, name: str) -> bytes:
+        """The object's data; FileNotFoundError if there is none, CHUNK_CORRUPT if damaged."""
+        check_name(name)
+        with self._objects_lock:
+            try:
+                blob = self.state.outbox_file(name).read_bytes()
+            except FileNotFoundError:
+                blob = None
+        if blob is None:
+            blob = self.backend.load(object_key(name))
+        try:
+            return self.codec.decode_object(name, blob)
+        except BlobInvalid as exc:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"object {name}: {exc}") from None
+
+    def list_objects(self, prefix: str) -> list[str]:
+        names = {n for n in self.state.outbox_names() if n.startswith(prefix)}
+        names.update(key[len(OBJECTS_PREFIX) :] for key, _ in self.backend.list(object_key(prefix)))
+        return sorted(names)
+
+    def remove_object(self, name: str) -> None:
+        check_name(name)
+        with self._objects_lock:
+            self.state.outbox_file(name).unlink(missing_ok=True)
+            self.backend.remove(object_key(name))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def flush_uploads(self, timeout: float) -> bool:
+        """Wait until every sealed pack and saved object is on the backend."""
+        deadline = _Deadline(timeout)
+        return self._writer.wait_sealed(deadline.left()) and self._uploader.wait_idle(deadline.left())
+
+    def close(self) -> None:
+        """Seal the open pack, stop the uploader (what is not uploaded goes at next open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        self._stop.set()
+        self._uploader.stop()
+        self.index.close()
+        write_private(self.state.clean, b"")
+        os.close(self._lock_fd)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TwinvaultError(errors.INTERNAL_ERROR, "chunk store is closed")
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers of the constructors -----------------------------------------------------------
+
+
+def _checked(digest: bytes) -> bytes:
+    if len(digest) != DIGEST_BYTES:
+        raise TwinvaultError(
+            errors.INVALID_ARGUMENT, f"a chunk digest has {DIGEST_BYTES} bytes, not {len(digest)}"
+        )
+    return bytes(digest)
+
+
+def _lock(state: StateDir) -> int:
+    """flock the state dir: two processes appending to one open pack would corrupt it."""
+    fd = os.open(state.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TwinvaultError(
+            errors.REPOSITORY_PATH_NOT_WRITABLE,
+            f"chunk store state dir {state.root} is in use by another process",
+        ) from None
+    return fd
+
+
+@contextlib.contextmanager
+def _opening(
+    state_dir: Path, backend: Backend, retry: RetryPolicy | None, on_event: OnEvent | None
+) -> Iterator[_Opening]:
+    """Lock the state dir and wire the backend; the lock is let go if opening fails."""
+    state = StateDir(Path(state_dir))
+    state.make()
+    lock_fd = _lock(state)
+
+    def emit(event_id: int, fields: dict[str, object]) -> None:
+        if on_event is None:
+            return
+        try:
+            on_event(event_id, fields)
+        except Exception:  # a broken listener must not stop an upload or a recovery
+            log.exception("chunk store event %d listener failed", event_id)
+
+    def failing(reason: str) -> None:
+        pending = len(state.packs_in(state.sealed)) + len(state.outbox_names())
+        emit(ev.STORE_BACKEND_FAILING, {"backend": backend.name, "reason": reason, "pending": pending})
+
+    def recovered() -> None:
+        emit(ev.STORE_BACKEND_RECOVERED, {"backend": backend.name})
+
+    stop = threading.Event()
+    retrying = RetryingBackend(backend, retry, on_failing=failing, on_recovered=recovered, stop=stop)
+    try:
+        yield _Opening(state, lock_fd, retrying, emit, stop)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _load_config(state: StateDir, backend: RetryingBackend) -> tuple[StoreConfig, bytes]:
+    """The store's config: the state dir's copy (so a store opens while its backend is down),
+    else the backend's."""
+    try:
+        raw = state.config.read_bytes()
+        where = str(state.config)
+    except FileNotFoundError:
+        try:
+            raw = backend.load(CONFIG_NAME)
+        except FileNotFoundError:
+            raise TwinvaultError(errors.PATH_NOT_FOUND, f"no chunk store at {backend.name}") from None
+        where = backend.name
+    return StoreConfig.from_json(raw, where), raw
+
+
+def _open_index(
+    state: StateDir, config: StoreConfig, codec: BlobCodec, backend: RetryingBackend, clean: bool
+) -> tuple[Index, list[str]]:
+    """The index, rebuilt from the packs if missing or damaged, and the repairs made."""
+    reason = "" if state.index.exists() else "missing"
+    try:
+        # quick_check reads the whole file: only after an unclean stop.
+        index = Index(state.index, config.store_uuid, integrity_check=not clean)
+    except IndexDamaged as exc:
+        reason = f"damaged ({exc})"
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{state.index}{suffix}", f"{state.index}{suffix}.damaged")
+        index = Index(state.index, config.store_uuid)
+    repaired: list[str] = []
+    if not index.complete:
+        try:
+            found = rebuild_index(state, index, codec, backend, config.store_uuid)
+        except BaseException:
+            index.close()
+            raise
+        index.mark_complete()
+        repaired.append(f"index {reason or 'incomplete'}: rebuilt from {found}")
+    try:
+        repaired += recover(state, index, codec, backend, config.store_uuid, clean=clean)
+    except BaseException:
+        index.close()
+        raise
+    return index, repaired
+
+
+def _runs(items: list[tuple[BlobEntry, bytes]]) -> Iterator[list[tuple[BlobEntry, bytes]]]:
+    """Group blobs sorted by offset into ranges worth one read each."""
+    run: list[tuple[BlobEntry, bytes]] = []
+    for item in items:
+        if run and (item[0].offset - run[-1][0].end > _RUN_GAP or item[0].end - run[0][0].offset > _RUN_MAX):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self._end - time.monotonic())
