@@ -434,6 +434,12 @@ class ChunkStore:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    def seal(self) -> None:
+        """Seal the open pack now (it then goes to the backend like any full pack); for a
+        clean shutdown that leaves nothing local: seal, flush_uploads, close."""
+        self._writer.rotate()
+        self._writer.wait_sealed()
+
     def flush_uploads(self, timeout: float) -> bool:
         """Wait until every sealed pack and saved object is on the backend."""
         deadline = _Deadline(timeout)
