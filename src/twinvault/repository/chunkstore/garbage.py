@@ -12,7 +12,7 @@ when their plain digest is in `referenced` (or was found by `put`/`has` since
 
 Order, so that a kill at any point loses nothing referenced:
 1. new packs are written to the backend (durable when `save` returns);
-2. one index transaction (synchronous=FULL) moves the live blobs to the new packs, drops
+2. one index transaction, synced to disk, moves the live blobs to the new packs, drops
    the dead ones and marks the old packs `deleting`;
 3. the old packs are removed from the backend, then forgotten by the index.
 A kill before 2 leaves new packs the index does not know: `reconcile_backend` (at the next
@@ -28,10 +28,11 @@ of a chunk planned dead stores a fresh copy instead (its index row replaces the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
 from twinvault.ops import errors
@@ -90,6 +91,12 @@ class GarbageCollector:
         self.dead: set[bytes] = set()
         self.touched: set[bytes] | None = None
         self._one_at_a_time = threading.Lock()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No collection runs inside this block (a check would see its moves half done)."""
+        with self._one_at_a_time:
+            yield
 
     def begin(self) -> None:
         """From now on, chunks that put/has find already stored count as live."""
@@ -199,7 +206,7 @@ class GarbageCollector:
         self, plan: _Plan, written: list[tuple[str, int]], moves: list[tuple[str, int, BlobEntry, int]]
     ) -> int:
         removed = 0
-        with self.index.writing() as w:
+        with self.index.writing(durable=True) as w:
             ids = {name: w.add_pack(name, ix.STORED, size) for name, size in written}
             for name, old, entry, at in moves:
                 w.move_blob(entry.store_id, old, ids[name], at)

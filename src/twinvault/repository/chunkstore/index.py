@@ -17,8 +17,12 @@ Schema version 1:
 The index is a cache over the packs, never the truth: every pack carries its own list of
 blobs (the trailer, or its blob headers), so a missing or damaged index is rebuilt
 (`recovery.rebuild_index`). Writes happen in `writing()` transactions on one connection
-with `synchronous=FULL`, so a committed transaction survives a power cut; each reading
-thread has its own connection, which WAL lets run beside the writer.
+with `synchronous=NORMAL`: a kill -9 loses nothing committed, a power cut may lose the
+last transactions, which recovery restores from the packs (the open pack is rescanned
+from the last indexed blob, sealed and uploaded packs are re-read from their trailers).
+The one transaction that must survive a power cut before the store acts on it, garbage
+collection's, is `writing(durable=True)` (synchronous=FULL). Each reading thread has its
+own connection, which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def _entry(row: tuple[bytes, bytes | None, int, int, int, int]) -> BlobEntry:
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 
@@ -122,7 +126,7 @@ class Index:
 
     def mark_complete(self) -> None:
         """Record that the index lists every pack (after create, or a finished rebuild)."""
-        with self.writing():
+        with self.writing(durable=True):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', '1')")
         self.complete = True
 
@@ -191,16 +195,23 @@ class Index:
     # --- writes ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[IndexWriter]:
-        """One transaction; durable (synchronous=FULL) when the block ends without error."""
+    def writing(self, *, durable: bool = False) -> Iterator[IndexWriter]:
+        """One transaction, committed when the block ends without error; `durable`: synced
+        to disk (synchronous=FULL) before the block returns, else only safe from a kill."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield IndexWriter(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield IndexWriter(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         with self._readers_lock:

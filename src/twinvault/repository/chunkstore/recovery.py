@@ -78,7 +78,7 @@ def recover(
         note = _adopt_sealed_pack(state, index, codec, store_uuid, pack)
         if note:
             done.append(note)
-    done.extend(_find_uploaded_packs(state, index, backend))
+    done.extend(_find_uploaded_packs(state, index, codec, backend, store_uuid))
     deleting = index.packs(ix.DELETING)
     if deleting:  # the uploader removes them
         done.append(
@@ -195,23 +195,31 @@ def _adopt_sealed_pack(state: StateDir, index: Index, codec: BlobCodec, store_uu
     return f"pack {pack}: sealed before the stop, indexed ({len(entries)} chunks)"
 
 
-def _find_uploaded_packs(state: StateDir, index: Index, backend: RetryingBackend) -> list[str]:
+def _find_uploaded_packs(
+    state: StateDir, index: Index, codec: BlobCodec, backend: RetryingBackend, store_uuid: bytes
+) -> list[str]:
     done = []
     for row in index.packs(ix.OPEN, ix.SEALED):
         if state.open_pack(row.name).exists() or state.sealed_pack(row.name).exists():
             continue
+        key = pack_key(row.name)
         try:
-            on_backend = backend.exists(pack_key(row.name))
+            if not backend.exists(key):
+                log.error("pack %s is neither local nor on the backend", row.name)
+                done.append(f"pack {row.name}: lost (neither local nor on the backend)")
+                continue
+            # After a power cut the index may also lack the pack's last blobs: re-read them.
+            size = dict(backend.list(key)).get(key, row.size)
+            entries = load_pack_entries(backend, key, size, codec, store_uuid) or []
         except TwinvaultError as exc:
+            if exc.code != errors.STORE_UNREACHABLE:
+                raise
             log.warning("cannot tell whether pack %s reached the backend: %s", row.name, exc)
             continue
-        if on_backend:
-            with index.writing() as w:
-                w.set_pack(row.name, ix.STORED)
-            done.append(f"pack {row.name}: upload finished before the stop, index updated")
-        else:
-            log.error("pack %s is neither local nor on the backend", row.name)
-            done.append(f"pack {row.name}: lost (neither local nor on the backend)")
+        with index.writing() as w:
+            w.set_pack(row.name, ix.STORED, size)
+            w.add_blobs(row.id, entries)
+        done.append(f"pack {row.name}: upload finished before the stop, index updated")
     return done
 
 

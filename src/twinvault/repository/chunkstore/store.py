@@ -13,14 +13,12 @@ encrypt outside every lock; the short critical section appends the blob to the o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,19 +32,17 @@ from twinvault.repository.chunkstore.backend import Backend, check_name
 from twinvault.repository.chunkstore.check import CheckReport, StoreCheck
 from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
 from twinvault.repository.chunkstore.garbage import GarbageCollector, GcReport, Progress
-from twinvault.repository.chunkstore.index import Index, IndexDamaged
+from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.keys import CONFIG_NAME, StoreConfig, StoreKeys, new_config, unlock
 from twinvault.repository.chunkstore.layout import OBJECTS_PREFIX, StateDir, object_key, pack_key
 from twinvault.repository.chunkstore.local import fsync_dir, write_durably
+from twinvault.repository.chunkstore.opening import OnEvent, Opening, load_config, open_index, start_opening
 from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
-from twinvault.repository.chunkstore.recovery import rebuild_index, recover
 from twinvault.repository.chunkstore.retry import RetryingBackend, RetryPolicy
 from twinvault.repository.chunkstore.uploader import Uploader
 from twinvault.repository.chunkstore.writer import PackWriter
 
 log = logging.getLogger(__name__)
-
-OnEvent = Callable[[int, dict[str, object]], None]
 
 DEFAULT_PACK_SIZE: Final = 16 << 20
 DEFAULT_LEVEL: Final = 3
@@ -67,22 +63,10 @@ class _PackGone(Exception):
     """The pack a location names is in none of its places (moved by GC meanwhile?)."""
 
 
-@dataclass
-class _Opening:
-    """What every way of opening a store sets up first: the locked state dir and the
-    retrying backend wired to report outages through the caller's event callback."""
-
-    state: StateDir
-    lock_fd: int
-    backend: RetryingBackend
-    emit: Callable[[int, dict[str, object]], None]
-    stop: threading.Event
-
-
 class ChunkStore:
     def __init__(
         self,
-        opening: _Opening,
+        opening: Opening,
         config: StoreConfig,
         keys: StoreKeys | None,
         index: Index,
@@ -127,7 +111,7 @@ class ChunkStore:
         retry: RetryPolicy | None = None,
     ) -> ChunkStore:
         """Make a new store on `backend`; STORE_EXISTS if it (or `state_dir`) already holds one."""
-        with _opening(state_dir, backend, retry, on_event) as opening:
+        with start_opening(state_dir, backend, retry, on_event) as opening:
             state = opening.state
             if state.config.exists() or state.index.exists():
                 raise TwinvaultError(
@@ -164,9 +148,9 @@ class ChunkStore:
 
         `compression_level` and `pack_size` override the store's defaults for this session.
         """
-        with _opening(state_dir, backend, retry, on_event) as opening:
+        with start_opening(state_dir, backend, retry, on_event) as opening:
             state = opening.state
-            config, raw = _load_config(state, opening.backend)
+            config, raw = load_config(state, opening.backend)
             keys = unlock(config, passphrase=passphrase, key_file=key_file, where=backend.name)
             if not state.config.exists():
                 write_private(state.config, raw)
@@ -175,7 +159,7 @@ class ChunkStore:
                 state.clean.unlink()
                 fsync_dir(state.root)
             codec = BlobCodec(config.compression_level, keys)
-            index, repaired = _open_index(state, config, codec, opening.backend, clean)
+            index, repaired = open_index(state, config, codec, opening.backend, clean)
         store = cls(
             opening,
             config,
@@ -375,9 +359,9 @@ class ChunkStore:
 
     def check(self, read_data: bool = False, digests: Iterable[bytes] | None = None) -> CheckReport:
         """Report missing and corrupt chunks (plain digests) and problems in words."""
-        return StoreCheck(self.state, self.index, self.codec, self.backend, self._is_pending).run(
-            read_data, digests
-        )
+        with self._gc.exclusive():
+            check = StoreCheck(self.state, self.index, self.codec, self.backend, self._is_pending)
+            return check.run(read_data, digests)
 
     def _is_pending(self, store_id: bytes) -> bool:
         return self._writer.pending(store_id) is not None
@@ -477,99 +461,6 @@ def _checked(digest: bytes) -> bytes:
             errors.INVALID_ARGUMENT, f"a chunk digest has {DIGEST_BYTES} bytes, not {len(digest)}"
         )
     return bytes(digest)
-
-
-def _lock(state: StateDir) -> int:
-    """flock the state dir: two processes appending to one open pack would corrupt it."""
-    fd = os.open(state.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise TwinvaultError(
-            errors.REPOSITORY_PATH_NOT_WRITABLE,
-            f"chunk store state dir {state.root} is in use by another process",
-        ) from None
-    return fd
-
-
-@contextlib.contextmanager
-def _opening(
-    state_dir: Path, backend: Backend, retry: RetryPolicy | None, on_event: OnEvent | None
-) -> Iterator[_Opening]:
-    """Lock the state dir and wire the backend; the lock is let go if opening fails."""
-    state = StateDir(Path(state_dir))
-    state.make()
-    lock_fd = _lock(state)
-
-    def emit(event_id: int, fields: dict[str, object]) -> None:
-        if on_event is None:
-            return
-        try:
-            on_event(event_id, fields)
-        except Exception:  # a broken listener must not stop an upload or a recovery
-            log.exception("chunk store event %d listener failed", event_id)
-
-    def failing(reason: str) -> None:
-        pending = len(state.packs_in(state.sealed)) + len(state.outbox_names())
-        emit(ev.STORE_BACKEND_FAILING, {"backend": backend.name, "reason": reason, "pending": pending})
-
-    def recovered() -> None:
-        emit(ev.STORE_BACKEND_RECOVERED, {"backend": backend.name})
-
-    stop = threading.Event()
-    retrying = RetryingBackend(backend, retry, on_failing=failing, on_recovered=recovered, stop=stop)
-    try:
-        yield _Opening(state, lock_fd, retrying, emit, stop)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-def _load_config(state: StateDir, backend: RetryingBackend) -> tuple[StoreConfig, bytes]:
-    """The store's config: the state dir's copy (so a store opens while its backend is down),
-    else the backend's."""
-    try:
-        raw = state.config.read_bytes()
-        where = str(state.config)
-    except FileNotFoundError:
-        try:
-            raw = backend.load(CONFIG_NAME)
-        except FileNotFoundError:
-            raise TwinvaultError(errors.PATH_NOT_FOUND, f"no chunk store at {backend.name}") from None
-        where = backend.name
-    return StoreConfig.from_json(raw, where), raw
-
-
-def _open_index(
-    state: StateDir, config: StoreConfig, codec: BlobCodec, backend: RetryingBackend, clean: bool
-) -> tuple[Index, list[str]]:
-    """The index, rebuilt from the packs if missing or damaged, and the repairs made."""
-    reason = "" if state.index.exists() else "missing"
-    try:
-        # quick_check reads the whole file: only after an unclean stop.
-        index = Index(state.index, config.store_uuid, integrity_check=not clean)
-    except IndexDamaged as exc:
-        reason = f"damaged ({exc})"
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{state.index}{suffix}", f"{state.index}{suffix}.damaged")
-        index = Index(state.index, config.store_uuid)
-    repaired: list[str] = []
-    if not index.complete:
-        try:
-            found = rebuild_index(state, index, codec, backend, config.store_uuid)
-        except BaseException:
-            index.close()
-            raise
-        index.mark_complete()
-        repaired.append(f"index {reason or 'incomplete'}: rebuilt from {found}")
-    try:
-        repaired += recover(state, index, codec, backend, config.store_uuid, clean=clean)
-    except BaseException:
-        index.close()
-        raise
-    return index, repaired
 
 
 def _runs(items: list[tuple[BlobEntry, bytes]]) -> Iterator[list[tuple[BlobEntry, bytes]]]:
