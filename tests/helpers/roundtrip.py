@@ -16,6 +16,7 @@ import blake3
 from twinvault.protocol import messages as m
 from twinvault.protocol.frames import decode_body
 from twinvault.repository.applier import Applier, Outcome
+from twinvault.repository.history import History
 from twinvault.repository.image_index import ImageIndex
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.repository.manifest import manifest_batches
@@ -70,8 +71,10 @@ class Protection:
         emit: Callable[..., Any] | None = None,
         retry_limit: int = 0,
         retry_delays: tuple[float, ...] = (0.05,),
+        history: History | None = None,
     ) -> None:
         self.tmp = tmp
+        self.history = history
         self.selection = Selection.build(roots, list(excludes))
         self.queue = OpQueue(tmp / "queue", QueueLimits(memory_max_bytes=8 * MiB, min_free_bytes=0))
         self.stream = OpStream(self.queue, epoch=1)
@@ -88,7 +91,10 @@ class Protection:
         self.tree = ImageTree(self.image_root)
         self.index = ImageIndex(self.tmp / "image-index.db")
         limit, delays = self._retry
-        self.applier = Applier(self.tree, self.index, self._emit, retry_limit=limit, retry_delays=delays)
+        recorder = None if self.history is None else self.history.recorder("image", "job")
+        self.applier = Applier(
+            self.tree, self.index, self._emit, retry_limit=limit, retry_delays=delays, recorder=recorder
+        )
 
     def record_event(self, event_id: int, **fields: Any) -> None:
         self.events.append((event_id, fields))
@@ -149,6 +155,8 @@ class Protection:
             outcome = self.applier.apply(message)
             if outcome is not None:
                 result.outcomes.append(outcome)
+        if self.history is not None:
+            self.history.commit()  # the receiver's group commit
         self.index.commit()
         self.queue.acknowledge(self.stream.last_seq)
         return result

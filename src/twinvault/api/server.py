@@ -8,7 +8,9 @@ says whose fault it was. Routes are listed in ``docs/api.md``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -18,12 +20,24 @@ from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_STATUS = {errors.JOB_NOT_FOUND: 404, errors.AUTHENTICATION_FAILED: 401, errors.TOKEN_INVALID: 401}
+_STATUS = {
+    errors.JOB_NOT_FOUND: 404,
+    errors.IMAGE_NOT_FOUND: 404,
+    errors.SNAPSHOT_NOT_FOUND: 404,
+    errors.AUTHENTICATION_FAILED: 401,
+    errors.TOKEN_INVALID: 401,
+}
 
 
 def _error(exc: TwinvaultError) -> web.Response:
     status = _STATUS.get(exc.code, 400 if exc.code != errors.INTERNAL_ERROR else 500)
     return web.json_response(exc.to_json(), status=status)
+
+
+def _absolute(path: str) -> Path:
+    if not os.path.isabs(path):
+        raise TwinvaultError(errors.INVALID_ARGUMENT, f"target must be an absolute path: {path}")
+    return Path(path)
 
 
 def build_app(host: Host) -> web.Application:
@@ -65,8 +79,13 @@ def build_app(host: Host) -> web.Application:
 
     async def register_image_job(request: web.Request) -> web.Response:
         body = await request.json()
-        reply = host.register_image_job(
-            str(body["job_id"]), str(body["source_name"]), body.get("path_prefix")
+        reply = await host.register_image_job(
+            str(body["job_id"]),
+            str(body["source_name"]),
+            body.get("path_prefix"),
+            cdp_days=float(body.get("cdp_days") or 0),
+            snapshot_every_s=float(body.get("snapshot_every_s") or 0),
+            snapshot_start=float(body.get("snapshot_start") or 0),
         )
         return web.json_response(reply)
 
@@ -95,6 +114,8 @@ def build_app(host: Host) -> web.Application:
             return web.json_response({"job": job_id, "status": "Resumed"})
         if action == "delete":
             return web.json_response(await host.delete_job(job_id))
+        if action == "snapshot":
+            return web.json_response(await host.history.snapshot(job_id))
         if action == "verify":
             plan = await host.source_job(job_id).verify(
                 checksum=bool(body.get("checksum")), remirror=bool(body.get("remirror"))
@@ -129,6 +150,33 @@ def build_app(host: Host) -> web.Application:
     async def images(request: web.Request) -> web.Response:
         return web.json_response({"images": host.images()})
 
+    async def points(request: web.Request) -> web.Response:
+        return web.json_response(await host.history.points(request.match_info["image"]))
+
+    async def restore(request: web.Request) -> web.Response:
+        body = await request.json()
+        snapshot = body.get("snapshot")
+        return web.json_response(
+            await host.history.restore(
+                request.match_info["image"],
+                live=bool(body.get("live")),
+                snapshot=None if snapshot is None else int(snapshot),
+                at=body.get("at"),
+                includes=[os.fsencode(str(p)) for p in body.get("includes") or []],
+                target=_absolute(str(body["to"])),
+            )
+        )
+
+    async def prune(request: web.Request) -> web.Response:
+        return web.json_response(await host.history.prune())
+
+    async def check(request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        return web.json_response(await host.history.check(body.get("image"), bool(body.get("read_data"))))
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(await host.history.stats())
+
     r.add_post("/api/login", login)
     r.add_post("/api/logout", logout)
     r.add_get("/api/host", info)
@@ -140,4 +188,9 @@ def build_app(host: Host) -> web.Application:
     r.add_post("/api/jobs/{job}/{action}", job_action)
     r.add_get("/api/events", events)
     r.add_get("/api/images", images)
+    r.add_get("/api/images/{image}/points", points)
+    r.add_post("/api/images/{image}/restore", restore)
+    r.add_post("/api/repository/prune", prune)
+    r.add_post("/api/repository/check", check)
+    r.add_get("/api/repository/stats", stats)
     return app

@@ -80,7 +80,7 @@ class ApiClient:
         self.host, self.port = split_host(spec)
         self.fingerprint = fingerprint
         self.token = token
-        self.timeout = timeout
+        self.timeout: float | None = timeout
 
     @staticmethod
     def for_host(spec: str, cache: CredentialCache | None = None) -> ApiClient:
@@ -107,6 +107,14 @@ class ApiClient:
             )
             raise TwinvaultError(code, f"{self.spec}: {exc}") from exc
         return conn
+
+    def call_long(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A call that may take as long as the work it asks for (restore, check --read-data)."""
+        saved, self.timeout = self.timeout, None
+        try:
+            return self.call(method, path, body)
+        finally:
+            self.timeout = saved
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
         conn = self._connect()

@@ -12,7 +12,16 @@ from typing import Any
 from twinvault.cli.client import ApiClient, Credential, CredentialCache, host_key
 from twinvault.cli.output import console, emit_json
 from twinvault.daemon.accounts import Accounts
-from twinvault.daemon.config import Home, HostConfig, QueueConfig, default_home, load_config, save_config
+from twinvault.daemon.config import (
+    Home,
+    HostConfig,
+    QueueConfig,
+    StoreConfig,
+    default_home,
+    load_config,
+    save_config,
+    vars_of,
+)
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol.tls import create_identity, fingerprint_of_cert_file
@@ -62,6 +71,8 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
+# `[config]` keys `store_<field>` set the repository's history store (daemon/config.py).
+_STORE_SETTABLE = set(StoreConfig.__dataclass_fields__)
 _SETTABLE = {
     "peer_port",
     "api_port",
@@ -77,6 +88,7 @@ def setup(args: argparse.Namespace) -> int:
     home = Home(args.home or default_home())
     overrides: dict[str, Any] = {}
     queue_overrides: dict[str, Any] = {}
+    store_overrides: dict[str, Any] = {}
     if args.config:
         raw = tomllib.loads(args.config.read_text())
         section = dict(raw.get("config", {}))
@@ -89,6 +101,8 @@ def setup(args: argparse.Namespace) -> int:
                 overrides[key] = value
             elif key in ("memory_max_mb", "disk_folder", "disk_max_mb", "min_free_mb"):
                 queue_overrides[key] = None if str(value).upper() == "UNLIMITED" else value
+            elif key.startswith("store_") and key[6:] in _STORE_SETTABLE:
+                store_overrides[key[6:]] = value
             else:
                 raise TwinvaultError(errors.INVALID_OPTION, f"unknown setting {key!r} in {args.config}")
     for key in ("name", "peer_port", "api_port", "bind_address"):
@@ -106,6 +120,8 @@ def setup(args: argparse.Namespace) -> int:
         setattr(config, key, value)
     if queue_overrides:
         config.queue = QueueConfig(**{**vars_of_queue(config.queue), **queue_overrides})
+    if store_overrides:
+        config.store = StoreConfig(**{**vars_of(config.store), **store_overrides})
     for port in (config.peer_port, config.api_port):
         if not 1 <= int(port) <= 65535:
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"port {port} out of range")

@@ -15,6 +15,7 @@ from rich.table import Table
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
 from twinvault.durable import write_private
+from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 
 
@@ -27,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=jobs)
 
     job = sub.add_parser("job", help="one job").add_subparsers(dest="action", required=True)
-    for action in ("show", "stop", "resume", "delete", "verify"):
+    for action in ("show", "stop", "resume", "delete", "verify", "snapshot"):
         p = job.add_parser(action)
         p.add_argument("job")
         p.add_argument("--server", default="localhost")
@@ -168,6 +169,8 @@ def job_action(args: argparse.Namespace) -> int:
         body = {"checksum": args.checksum, "remirror": args.remirror}
     if args.action == "delete":
         view = client.call("GET", f"/api/jobs/{args.job}")
+    if args.action == "snapshot":
+        client = _repository_of(client, args.job)
     reply = client.call("POST", f"/api/jobs/{args.job}/{args.action}", body)
     if args.action == "delete" and reply.get("source") and not reply.get("repository"):
         _forget_on_repository(view, args.job)
@@ -182,11 +185,30 @@ def job_action(args: argparse.Namespace) -> int:
             console.print(f"  differs: {path}")
         for path in reply["orphans"][:50]:
             console.print(f"  orphan:  {path}")
+    elif args.action == "snapshot":
+        console.print(
+            f"snapshot {reply['id']} of image {reply['image']} at {reply['time']} ({reply['status']})"
+        )
     else:
         console.print(f"job {args.job}: {args.action} done")
     if args.action == "verify" and not args.remirror and (reply["difference_count"] or reply["orphan_count"]):
         return 3  # like diff(1): the comparison found differences
     return 0
+
+
+def _repository_of(client: ApiClient, job_id: str) -> ApiClient:
+    """Snapshots are taken where the image is: the job's repository, through the cached
+    login for it when the console asked the source."""
+    view = client.call("GET", f"/api/jobs/{job_id}")
+    here = client.call("GET", "/api/host")["name"]
+    if view.get("target") in (None, here):
+        return client
+    for key, cred in CredentialCache().load().items():
+        if cred.name and cred.name == view.get("target"):
+            return ApiClient(key, cred.fingerprint, cred.token)
+    raise TwinvaultError(
+        errors.UNKNOWN_HOST, f"log in to the job's repository {view.get('target')} to take a snapshot"
+    )
 
 
 def _forget_on_repository(view: dict[str, Any], job_id: str) -> None:

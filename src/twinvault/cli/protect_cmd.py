@@ -10,6 +10,8 @@ from twinvault.cli.client import ApiClient, split_host
 from twinvault.cli.output import console, emit_json
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
+from twinvault.repository.snapshots import parse_duration
+from twinvault.timefmt import ns_from_iso
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -22,8 +24,26 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--exclude", nargs="+", default=[], metavar="GLOB")
     p.add_argument("--path-prefix")
     p.add_argument("--delete-orphans", action="store_true")
+    p.add_argument("--snapshot-every", metavar="DURATION", help="scheduled snapshots: 90s, 15m, 1h, 1d")
+    p.add_argument("--snapshot-start", metavar="TIME", help="first scheduled snapshot (default: now)")
+    p.add_argument("--cdp-days", type=float, default=0.0, metavar="N", help="keep every version N days")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=protect)
+
+
+def _history_options(args: argparse.Namespace) -> dict[str, float]:
+    if args.cdp_days < 0:
+        raise TwinvaultError(errors.INVALID_ARGUMENT, f"--cdp-days must be >= 0: {args.cdp_days}")
+    every = 0.0
+    if args.snapshot_every:
+        try:
+            every = parse_duration(args.snapshot_every)
+        except ValueError as exc:
+            raise TwinvaultError(errors.SCHEDULE_INVALID, f"--snapshot-every {args.snapshot_every}") from exc
+    elif args.snapshot_start:
+        raise TwinvaultError(errors.SCHEDULE_INVALID, "--snapshot-start needs --snapshot-every")
+    start = ns_from_iso(args.snapshot_start) / 1e9 if args.snapshot_start else 0.0
+    return {"cdp_days": args.cdp_days, "snapshot_every_s": every, "snapshot_start": start}
 
 
 def protect(args: argparse.Namespace) -> int:
@@ -31,6 +51,7 @@ def protect(args: argparse.Namespace) -> int:
         raise TwinvaultError(
             errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data"
         )
+    history = _history_options(args)
     source = ApiClient.for_host(args.source)
     repository = ApiClient.for_host(args.repository)
     source_info = source.call("GET", "/api/host")
@@ -42,6 +63,7 @@ def protect(args: argparse.Namespace) -> int:
             "job_id": job_id,
             "source_name": source_info["name"],
             "path_prefix": args.path_prefix,
+            **history,
         },
     )
     repo_host, _ = split_host(args.repository)

@@ -9,6 +9,8 @@ Layout of ``--home`` (see ``docs/formats.md``)::
     events/events.log      the event log (rotated)
     source/jobs/ID.json    protection jobs this host is the source of
     repository/jobs/ID.json, repository/index/IMAGE.sqlite   jobs and indexes of images held here
+    repository/history/    chunk store state (open pack, chunk index), journal, catalog.sqlite
+    repository/store/      the local chunk store backend (packs, config), unless [store] says otherwise
     queue/ID/              disk queue segments
 """
 
@@ -37,6 +39,25 @@ class QueueConfig:
 
 
 @dataclass(slots=True)
+class StoreConfig:
+    """Where the repository keeps history (``[store]`` in config.toml; docs/history.md)."""
+
+    backend: str = "local"  # local | s3
+    path: str = ""  # local backend: "" = <home>/repository/store
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_access_key: str = ""
+    s3_secret_key_file: str = ""  # a 0600 file holding the secret key
+    s3_region: str = "us-east-1"
+    passphrase_file: str = ""  # encryption at rest: a file holding the passphrase ...
+    key_file: str = ""  # ... or 32 random bytes
+    compression_level: int = 3
+    catalog: str = ""  # "" = sqlite:///<home>/repository/history/catalog.sqlite, or postgresql://...
+    prune_every_s: int = 3600  # retention runs on the repository's own clock
+
+
+@dataclass(slots=True)
 class HostConfig:
     name: str
     peer_port: int = DEFAULT_PEER_PORT
@@ -47,17 +68,19 @@ class HostConfig:
     capture: str = "auto"  # auto | fanotify | inotify
     metrics_token: str = ""
     queue: QueueConfig = field(default_factory=QueueConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def to_toml(self) -> dict[str, Any]:
-        host = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "queue"}
+        host = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("queue", "store")}
         queue = {k: v for k, v in vars_of(self.queue).items() if v is not None}
-        return {"host": host, "queue": queue}
+        return {"host": host, "queue": queue, "store": vars_of(self.store)}
 
     @staticmethod
     def from_toml(raw: dict[str, Any]) -> HostConfig:
         host = dict(raw.get("host", {}))
         queue = QueueConfig(**raw.get("queue", {}))
-        return HostConfig(**host, queue=queue)
+        store = StoreConfig(**raw.get("store", {}))
+        return HostConfig(**host, queue=queue, store=store)
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
@@ -103,6 +126,16 @@ class Home:
     @property
     def index_dir(self) -> Path:
         return self.root / "repository" / "index"
+
+    @property
+    def history_dir(self) -> Path:
+        return self.root / "repository" / "history"
+
+    def store_path(self, config: HostConfig) -> Path:
+        return Path(config.store.path) if config.store.path else self.root / "repository" / "store"
+
+    def catalog_url(self, config: HostConfig) -> str:
+        return config.store.catalog or f"sqlite:///{self.history_dir / 'catalog.sqlite'}"
 
     def queue_dir(self, config: HostConfig) -> Path:
         return Path(config.queue.disk_folder) if config.queue.disk_folder else self.root / "queue"

@@ -9,6 +9,7 @@ object), ``source.job`` and ``repository.receiver``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
+from twinvault.daemon.history_service import HistoryService
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
@@ -48,6 +50,7 @@ class Host:
         self.image_jobs: dict[str, ImageJob] = {}
         self._peer_server: asyncio.AbstractServer | None = None
         self.started = time.time()
+        self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
 
     def emit(self, event_id: int, **fields: Any) -> None:
         self.events.emit(event_id, **fields)
@@ -58,6 +61,7 @@ class Host:
         for path in sorted(self.home.repository_jobs.glob("*.json")):
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
+        await self.history.start()
         self._peer_server = await asyncio.start_server(
             self._on_peer,
             self.config.bind_address,
@@ -83,6 +87,12 @@ class Host:
         if self._peer_server is not None:
             self._peer_server.close()
             await self._peer_server.wait_closed()
+        for image_job in self.image_jobs.values():
+            if image_job.session is not None:
+                image_job.session.replace()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(image_job.session.finished.wait(), 30)
+        await self.history.stop()
         self.emit(ev.SOURCE_STOPPED)
         self.emit(ev.TARGET_STOPPED)
         self.emit(ev.SERVICE_STOPPED)
@@ -95,6 +105,7 @@ class Host:
             index_path_for=lambda job: self.home.index_dir / f"{job.image_name}.sqlite",
             emit=self.emit,
             retry_limit=self.config.retry_limit,
+            history=self.history.opened,
         )
 
     def _make_job(self, spec: JobSpec) -> ProtectionJob:
@@ -110,7 +121,20 @@ class Host:
 
     # -- repository role --------------------------------------------------------------
 
-    def register_image_job(self, job_id: str, source_name: str, path_prefix: str | None) -> dict[str, Any]:
+    async def register_image_job(
+        self,
+        job_id: str,
+        source_name: str,
+        path_prefix: str | None,
+        *,
+        cdp_days: float = 0.0,
+        snapshot_every_s: float = 0.0,
+        snapshot_start: float = 0.0,
+    ) -> dict[str, Any]:
+        if cdp_days < 0 or snapshot_every_s < 0 or snapshot_start < 0:
+            raise TwinvaultError(
+                errors.INVALID_ARGUMENT, "cdp days, snapshot interval and start must be >= 0"
+            )
         if not _NAME.match(source_name):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"source name {source_name!r}")
         if not _NAME.match(job_id):
@@ -131,10 +155,19 @@ class Host:
                 errors.REPOSITORY_PATH_NOT_WRITABLE, f"{image_root}: {exc.strerror}"
             ) from exc
         job = ImageJob(
-            job_id, source_name, source_name, str(image_root), secrets.token_urlsafe(32), time.time()
+            job_id,
+            source_name,
+            source_name,
+            str(image_root),
+            secrets.token_urlsafe(32),
+            time.time(),
+            cdp_days=cdp_days,
+            snapshot_every_s=snapshot_every_s,
+            snapshot_start=snapshot_start,
         )
         write_private(self.home.repository_jobs / f"{job_id}.json", json.dumps(job.to_json()).encode())
         self.image_jobs[job_id] = job
+        await self.history.image_added(job)
         return {
             "token": job.token,
             "peer_port": self.config.peer_port,
@@ -144,8 +177,10 @@ class Host:
         }
 
     def forget_image_job(self, job_id: str) -> None:
-        if self.image_jobs.pop(job_id, None) is None:
+        job = self.image_jobs.pop(job_id, None)
+        if job is None:
             raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
+        self.history.image_removed(job)
         (self.home.repository_jobs / f"{job_id}.json").unlink(missing_ok=True)
 
     def images(self) -> list[dict[str, Any]]:

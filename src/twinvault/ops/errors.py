@@ -273,6 +273,7 @@ UNASSIGNED_CODES: Final[dict[int, str]] = {
     -1005: "selection path unreadable: use -142 (SELECTION_PATH_UNREADABLE)",
     -1011: "invalid argument: use -218 (INVALID_ARGUMENT)",
     -1012: "daemon not reachable: use -109 (DAEMON_NOT_REACHABLE), or -110 for a timeout",
+    -1028: "snapshot not found: use -2403 (SNAPSHOT_NOT_FOUND)",
 }
 
 UNKNOWN_HOST: Final = -1000
@@ -295,7 +296,6 @@ CHUNK_MISSING: Final = -1024
 CHUNK_CORRUPT: Final = -1025
 CATALOG_UNAVAILABLE: Final = -1026
 INSTANT_NOT_VALID: Final = -1027
-SNAPSHOT_NOT_FOUND: Final = -1028
 IMAGE_NOT_FOUND: Final = -1029
 REPOSITORY_DAMAGED: Final = -1030
 STORE_EXISTS: Final = -1031
@@ -323,7 +323,6 @@ _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     CHUNK_CORRUPT: "Chunk failed its integrity check",
     CATALOG_UNAVAILABLE: "Catalog database is unavailable",
     INSTANT_NOT_VALID: "The instant is outside every range valid for recovery",
-    SNAPSHOT_NOT_FOUND: "Snapshot does not exist",
     IMAGE_NOT_FOUND: "Image does not exist on this repository",
     REPOSITORY_DAMAGED: "Repository check found damaged data",
     STORE_EXISTS: "A chunk store already exists at that location",

@@ -37,6 +37,9 @@ FBEGIN: Final = "fbegin"  # [fbegin, seq, path, size, base_digest]
 FDATA: Final = "fdata"  # [fdata, seq, segments]
 FEND: Final = "fend"  # [fend, seq, meta]
 MARK: Final = "mark"  # [mark, seq, name]  a barrier acknowledged like an op
+# Mark names: a mirror starts / completed. Between them the image is not valid for recovery.
+MARK_MIRROR_START: Final = "mirror-start"
+MARK_MIRROR_COMPLETE: Final = "mirror-complete"
 
 OP_KINDS: Final = frozenset(
     {FILE, MKDIR, META, SYMLINK, SPECIAL, LINK, DELETE, RENAME, FBEGIN, FDATA, FEND, MARK}

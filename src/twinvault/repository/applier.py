@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -34,6 +34,9 @@ from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
 from twinvault.repository.image_index import ChunkPiece, ImageIndex, unpack_pieces
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
+
+if TYPE_CHECKING:
+    from twinvault.repository.history import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,11 @@ class Applier:
         retry_limit: int = 10,
         retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0),
         on_retrying: Callable[[bool], None] = lambda retrying: None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._on_retrying = on_retrying
+        # History (protection into a repository); a recovery target keeps none.
+        self.recorder = recorder
         self.tree = tree
         self.index = index
         self._emit = emit
@@ -129,6 +135,8 @@ class Applier:
         if self._xfer is not None:
             self._discard_temp(self._xfer)
             self._xfer = None
+            if self.recorder is not None:
+                self.recorder.file_aborted()
 
     # -- entry point -------------------------------------------------------------
 
@@ -208,6 +216,8 @@ class Applier:
         if kind == m.FEND:
             return self._file_end(seq, fsmeta.Meta.from_wire(msg[2]))
         if kind == m.MARK:
+            if self.recorder is not None and len(msg) > 2 and isinstance(msg[2], str):
+                self.recorder.mark(msg[2])
             return Outcome(seq, "ok")
         handler = self._SIMPLE.get(kind)
         if handler is None:
@@ -220,6 +230,8 @@ class Applier:
         path, meta = msg[2], fsmeta.Meta.from_wire(msg[3])
         if path == b"/":
             fsmeta.apply_meta(os.fsdecode(self.tree.real_path(b"")), meta)
+            if self.recorder is not None:
+                self.recorder.put(path, meta)
             return Outcome(seq, "ok", path)
         dir_fd, name = self.tree.parent(path, create=True)
         with _ParentTimes(dir_fd):
@@ -231,6 +243,8 @@ class Applier:
             except FileNotFoundError:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
         fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(dir_fd, name)), meta)
+        if self.recorder is not None:
+            self.recorder.put(path, meta)
         return Outcome(seq, "ok", path)
 
     def _meta(self, seq: int, msg: list[Any]) -> Outcome:
@@ -250,6 +264,8 @@ class Applier:
         fsmeta.apply_meta(os.fsdecode(target), meta)
         if meta.kind == "file":
             self.index.update_mtime(path, meta.mtime_ns)
+        if self.recorder is not None:
+            self.recorder.meta(path, meta)
         return Outcome(seq, "ok", path)
 
     def _symlink(self, seq: int, msg: list[Any]) -> Outcome:
@@ -260,6 +276,8 @@ class Applier:
             os.symlink(os.fsencode(meta.symlink_target), temp, dir_fd=dir_fd)
             fsmeta.apply_meta(os.fsdecode(self.tree.proc_path(dir_fd, temp)), meta)
             self._replace(dir_fd, temp, name, path)
+        if self.recorder is not None:
+            self.recorder.put(path, meta)
         return Outcome(seq, "ok", path)
 
     def _special(self, seq: int, msg: list[Any]) -> Outcome:
@@ -271,6 +289,8 @@ class Applier:
             fsmeta.create_special(temp_path, meta)
             fsmeta.apply_meta(temp_path, meta)
             self._replace(dir_fd, temp, name, path)
+        if self.recorder is not None:
+            self.recorder.put(path, meta)
         return Outcome(seq, "ok", path)
 
     def _link(self, seq: int, msg: list[Any]) -> Outcome:
@@ -284,6 +304,8 @@ class Applier:
         with contextlib.suppress(FileNotFoundError):
             here = os.lstat(name, dir_fd=dir_fd)
             if (here.st_dev, here.st_ino) == (target.st_dev, target.st_ino):
+                if self.recorder is not None:
+                    self.recorder.link(path, existing)
                 return Outcome(seq, "ok", path)  # already linked (a resent op)
         temp = self._temp_name()
         with _ParentTimes(dir_fd):
@@ -295,10 +317,14 @@ class Applier:
         indexed = self.index.file(existing)
         if indexed is not None:
             self.index.record_file(path, indexed.size, indexed.mtime_ns, unpack_pieces(indexed.pieces_blob))
+        if self.recorder is not None:
+            self.recorder.link(path, existing)
         return Outcome(seq, "ok", path)
 
     def _delete(self, seq: int, msg: list[Any]) -> Outcome:
         path = msg[2]
+        if self.recorder is not None:
+            self.recorder.delete(path)
         try:
             dir_fd, name = self.tree.parent(path, create=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -326,6 +352,8 @@ class Applier:
         self.tree.invalidate(old)
         self.tree.invalidate(new)
         self.index.move(old, new)
+        if self.recorder is not None:
+            self.recorder.rename(old, new)
         return Outcome(seq, "ok", new)
 
     _SIMPLE: dict[str, Callable[[Applier, int, list[Any]], Outcome]] = {
@@ -347,7 +375,8 @@ class Applier:
         dir_fd, name = self.tree.parent(path, create=True)
         temp = self._temp_name()
         times = _times_of(dir_fd)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        # Read-write: history reads back reused chunks an old image never stored.
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         self._xfer = _FileTransfer(seq, path, size, base, dir_fd, name, temp, fd, parent_times=times)
 
     def _file_data(self, segments: list[list[Any]]) -> None:
@@ -357,11 +386,14 @@ class Applier:
         if x.failed:
             return
         offset, pieces = x.offset, []
+        recorder = self.recorder
         for seg in segments:
             tag = seg[0]
             if tag == m.SEG_DATA:
                 digest, data = seg[1], seg[2]
                 _pwrite_all(x.fd, data, offset)
+                if recorder is not None:
+                    recorder.chunk(digest, data)
                 pieces.append(ChunkPiece(digest, offset, len(data)))
                 offset += len(data)
             elif tag == m.SEG_HOLE:
@@ -369,11 +401,15 @@ class Applier:
             elif tag == m.SEG_REF:
                 digest, length = seg[1], int(seg[2])
                 self._copy_chunk(x, digest, length, offset)
+                if recorder is not None:
+                    recorder.ensure_chunk(digest, _reader(x.fd, length, offset))
                 pieces.append(ChunkPiece(digest, offset, length))
                 offset += length
             elif tag == m.SEG_RUN:
                 for piece in self._old_run(x, int(seg[1]), int(seg[2])):
                     self._copy_range(x, x.path, piece.offset, piece.length, offset)
+                    if recorder is not None:
+                        recorder.ensure_chunk(piece.digest, _reader(x.fd, piece.length, offset))
                     pieces.append(ChunkPiece(piece.digest, offset, piece.length))
                     offset += piece.length
             else:
@@ -453,6 +489,8 @@ class Applier:
         os.close(x.fd)
         self._xfer = None
         self.index.record_file(x.path, meta.size, meta.mtime_ns, x.pieces)
+        if self.recorder is not None:
+            self.recorder.put_file(x.path, meta, x.pieces)
         return Outcome(seq, "ok", x.path, bytes_written=x.offset)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -502,6 +540,10 @@ class Applier:
 
 def _digests(pieces: list[ChunkPiece]) -> bytes:
     return b"".join(p.digest for p in pieces)
+
+
+def _reader(fd: int, length: int, offset: int) -> Callable[[], bytes]:
+    return lambda: os.pread(fd, length, offset)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

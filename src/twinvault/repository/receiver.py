@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
@@ -30,6 +30,9 @@ from twinvault.repository.applier import Applier, Outcome, Stopped
 from twinvault.repository.image_index import ImageIndex
 from twinvault.repository.image_tree import ImageTree
 from twinvault.repository.manifest import manifest_batches
+
+if TYPE_CHECKING:
+    from twinvault.repository.history import History, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class ImageJob:
     image_root: str
     token: str
     created: float = 0.0
+    cdp_days: float = 0.0  # continuous data protection window; 0 = live + snapshots only
+    snapshot_every_s: float = 0.0  # 0 = no scheduled snapshots
+    snapshot_start: float = 0.0  # epoch seconds of the first one; 0 = when the job was created
     connected: bool = False
     peer: str = ""
     session: Any = None  # the live Session, replaced when the source reconnects
@@ -74,14 +80,26 @@ class ImageJob:
             "image_root": self.image_root,
             "token": self.token,
             "created": self.created,
+            "cdp_days": self.cdp_days,
+            "snapshot_every_s": self.snapshot_every_s,
+            "snapshot_start": self.snapshot_start,
         }
 
 
 class Session:
     def __init__(
-        self, job: ImageJob, link: Link, index_path: Path, emit: Emit, retry_limit: int, epoch: int
+        self,
+        job: ImageJob,
+        link: Link,
+        index_path: Path,
+        emit: Emit,
+        retry_limit: int,
+        epoch: int,
+        history: History | None = None,
     ) -> None:
         self.job = job
+        self.history = history
+        self.recorder: Recorder | None = None
         self.link = link
         self._emit = emit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{job.job_id}")
@@ -155,12 +173,15 @@ class Session:
     def _open(self) -> None:
         self.tree = ImageTree(Path(self.job.image_root))
         self.index = ImageIndex(self._index_path)
+        if self.history is not None:
+            self.recorder = self.history.recorder(self.job.image_name, self.job.job_id)
         self.applier = Applier(
             self.tree,
             self.index,
             self._emit,
             retry_limit=self._retry_limit,
             on_retrying=lambda retrying: setattr(self.job, "retrying", retrying),
+            recorder=self.recorder,
         )
         epoch, last = self.index.stream_position(self.job.job_id)
         # Ops a reconnecting source resends that were already applied are skipped.
@@ -170,6 +191,11 @@ class Session:
     def _close(self) -> None:
         if self.applier is not None:
             self.applier.abort_transfer()
+        if self.history is not None and self.recorder is not None:
+            # The link is down: the range valid for recovery ends now.
+            self.recorder.link_down()
+            self.history.forget_recorder(self.recorder)
+            self.history.commit()
         if self.index is not None:
             self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq)
             self.index.close()
@@ -306,6 +332,10 @@ class Session:
 
     def _commit(self, seq: int) -> None:
         assert self.index is not None
+        if self.history is not None:
+            # Chunks and journal records are durable before the image index says the
+            # ops are applied, and before anything is acknowledged (docs/history.md).
+            self.history.commit()
         self.index.set_stream_position(self.job.job_id, self._epoch, seq)
         self.index.commit()
 
@@ -380,6 +410,7 @@ async def serve_peer(
     index_path_for: Callable[[ImageJob], Path],
     emit: Emit,
     retry_limit: int,
+    history: History | None = None,
 ) -> None:
     """Handle one peer connection from a source until it ends; never raises."""
     link = Link(reader, writer)
@@ -408,7 +439,7 @@ async def serve_peer(
         epoch = int(info.get("epoch", 0))
         await link.send([m.WELCOME, {"version": version, "image_root": job.image_root, "epoch": epoch}])
         await link.flush()
-        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch)
+        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch, history)
         job.connected = True
         job.peer = link.peer
         job.session = session

@@ -54,7 +54,7 @@ STATUS_INTERVAL = 2.0
 SEND_BATCH_BYTES = 1024 * 1024
 READ_AHEAD_BYTES = 8 * SEND_BATCH_BYTES
 LINK_TIMEOUT = 10.0
-MIRROR_MARK = "mirror-complete"
+MIRROR_MARK = m.MARK_MIRROR_COMPLETE
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +448,8 @@ class ProtectionJob:
     async def _run_mirror(self, link: Link, *, checksum: bool) -> None:
         self.mirror = MirrorState(status="Calculating", started=time.time())
         self.replication_status = "Replicating"
+        # The repository's range valid for recovery ends here, in stream order.
+        self.changes.barrier(Barrier("mark", m.MARK_MIRROR_START))
         self._emit(
             ev.MIRROR_STARTED,
             **self._fields(),

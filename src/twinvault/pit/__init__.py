@@ -1,0 +1,1 @@
+"""Points in time: reconstructing an image as it was at an instant, a snapshot, or live."""

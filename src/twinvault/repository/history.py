@@ -1,0 +1,387 @@
+"""The repository's history: every applied op becomes chunks, a journal record and catalog versions.
+
+Neighbours: the applier calls a ``Recorder`` (one per image session) after each op it
+applied; the receiver calls ``History.commit`` in its group commit, before it
+acknowledges; the chunk store (``chunkstore``) keeps the chunks, the ``journal`` the
+records, the ``catalog`` the temporal versions built from them. ``docs/history.md`` is the
+design: the store and the journal are the truth, the catalog an index over the journal,
+rebuilt from it when it is missing or damaged.
+
+Times are the repository's clock in integer nanoseconds, strictly increasing per
+repository, so every op has its own instant and "the image at T" is never ambiguous.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import msgpack
+
+from twinvault import fsmeta
+from twinvault.ops import errors
+from twinvault.ops import events as ev
+from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol import messages as m
+from twinvault.repository.catalog import Catalog, Snapshot
+from twinvault.repository.chunklist import HOLE_DIGEST, Piece, pack_chunks
+from twinvault.repository.chunkstore import ChunkStore
+from twinvault.repository.image_index import ChunkPiece
+from twinvault.repository.journal import Journal
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., Any]
+
+USER_REQUEST: Final = "User Request"
+_VERSION_KINDS: Final = frozenset({"file", "dir", "symlink"})
+SCHEDULED: Final = "Scheduled"
+
+# Journal record kinds (docs/history.md, "Journal records")
+PUT: Final = "put"
+META: Final = "meta"
+LINK: Final = "link"
+DELETE: Final = "delete"
+RENAME: Final = "rename"
+RANGE: Final = "range"
+SNAPSHOT: Final = "snapshot"
+IMAGE: Final = "image"
+PRUNE: Final = "prune"
+
+
+def pack_meta(meta: fsmeta.Meta) -> bytes:
+    packed: bytes = msgpack.packb(meta.to_wire(), use_bin_type=True)
+    return packed
+
+
+def unpack_meta(blob: bytes) -> fsmeta.Meta:
+    return fsmeta.Meta.from_wire(msgpack.unpackb(blob, raw=False))
+
+
+def file_content(pieces: Iterable[tuple[bytes, int, int]], size: int) -> bytes:
+    """A file's chunk list from its (digest, offset, length) pieces; gaps become holes."""
+    out: list[Piece] = []
+    at = 0
+    for digest, offset, length in pieces:
+        if offset > at:
+            out.append(Piece(HOLE_DIGEST, offset - at))
+        out.append(Piece(digest, length))
+        at = offset + length
+    if size > at:
+        out.append(Piece(HOLE_DIGEST, size - at))
+    return pack_chunks(out)
+
+
+class History:
+    """Chunk store + journal + catalog of one repository, shared by every image session.
+
+    One lock orders records: the instant a record gets, its place in the journal and its
+    place in the catalog's pending list are taken together, so replaying the journal
+    rebuilds exactly the catalog that was committed.
+    """
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        journal: Journal,
+        catalog: Catalog,
+        emit: Emit,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.store = store
+        self.journal = journal
+        self.catalog = catalog
+        self.emit = emit
+        self._clock = clock
+        self.lock = threading.RLock()
+        self._pending: list[list[Any]] = []
+        self._last_t = 0
+        self._good: dict[str, set[str]] = {}  # image -> jobs whose mirror is complete and linked
+        self._jobs_of: Callable[[str], set[str]] = lambda image: set()
+        self._recorders: set[Recorder] = set()
+        self._last_t = journal.last_time
+
+    # -- time --------------------------------------------------------------------------
+
+    def now(self) -> int:
+        """The next instant: the clock, made strictly increasing (a clock stepped back
+        by NTP must not reorder history)."""
+        with self.lock:
+            self._last_t = max(self._clock(), self._last_t + 1)
+            return self._last_t
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, kind: str, image: str, *fields: Any, right_after_last: bool = False) -> int:
+        """Journal one record and queue it for the catalog; returns its instant.
+        ``right_after_last``: at the instant just after the last record, not now."""
+        with self.lock:
+            if right_after_last:
+                self._last_t += 1
+                t = self._last_t
+            else:
+                t = self.now()
+            rec = [kind, t, image, *fields]
+            self.journal.append(rec)
+            self._pending.append(rec)
+            return t
+
+    def recorder(self, image: str, job: str) -> Recorder:
+        recorder = Recorder(self, image, job)
+        with self.lock:
+            self._recorders.add(recorder)
+        return recorder
+
+    def forget_recorder(self, recorder: Recorder) -> None:
+        with self.lock:
+            self._recorders.discard(recorder)
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Drop chunks no version references; returns (chunks, bytes) removed.
+
+        Under the history lock, after a commit: every chunk a committed record names is in
+        the catalog, and the chunks of files still arriving are held by their recorders
+        (a chunk put, or found already stored, is pinned under this same lock), so a chunk
+        a file is about to reference can never be collected. Replication waits meanwhile;
+        the sources queue, nothing is lost.
+        """
+        with self.lock:
+            self.commit()
+            referenced = self.catalog.referenced_digests()
+            for recorder in self._recorders:
+                referenced |= recorder.pinned
+            report = self.store.collect_garbage(referenced)
+            return report.chunks_removed, report.bytes_removed
+
+    def commit(self) -> None:
+        """Make every recorded chunk and record durable, then index the records.
+
+        Order (docs/history.md): chunks, then the journal (fsync each), then one catalog
+        transaction that also stores the journal position it reached. A crash between
+        the journal and the catalog is repaired by ``catch_up`` at the next start.
+        """
+        with self.lock:
+            self.store.commit()
+            position = self.journal.commit()
+            if not self._pending:
+                return
+            # Popped only once the catalog has them: a failed transaction is retried at
+            # the next commit (and the journal has them anyway).
+            with self.catalog.transaction():
+                for rec in self._pending:
+                    apply_record(self.catalog, rec)
+                self.catalog.set_position(position)
+            self._pending = []
+
+    def catch_up(self) -> int:
+        """Apply journal records the catalog has not seen (a crash after the journal's
+        fsync and before the catalog's commit); returns how many."""
+        with self.lock:
+            position = self.catalog.position()
+            count = 0
+            last_t = 0
+            batch: list[list[Any]] = []
+            end = position
+            for entry in self.journal.entries_after(position):
+                batch.append(entry.record)
+                end = entry.position
+                if len(batch) >= 4096:
+                    self._apply_batch(batch, end)
+                    count += len(batch)
+                    last_t = max(last_t, int(batch[-1][1]))
+                    batch = []
+            if batch:
+                self._apply_batch(batch, end)
+                count += len(batch)
+                last_t = max(last_t, int(batch[-1][1]))
+            self._last_t = max(self._last_t, last_t, self.journal.last_time)
+            if count:
+                self.emit(ev.CATALOG_REPLAYED, records=count)
+            return count
+
+    def _apply_batch(self, batch: list[list[Any]], position: int) -> None:
+        with self.catalog.transaction():
+            for rec in batch:
+                apply_record(self.catalog, rec)
+            self.catalog.set_position(position)
+
+    def rebuild(self, reason: str) -> int:
+        """Empty the catalog and replay the whole journal (event 9013)."""
+        started = time.monotonic()
+        with self.lock:
+            self.catalog.reset()
+            count = self.catch_up()
+        self.emit(
+            ev.CATALOG_REBUILT,
+            reason=reason,
+            records=count,
+            seconds=f"{time.monotonic() - started:.1f}",
+        )
+        return count
+
+    # -- images, ranges, snapshots -------------------------------------------------------
+
+    def set_jobs_of(self, jobs_of: Callable[[str], set[str]]) -> None:
+        """How History learns which jobs write into an image (the host's job table)."""
+        self._jobs_of = jobs_of
+
+    def ensure_image(self, image: str, cdp_days: float | None) -> None:
+        with self.lock:
+            self.record(IMAGE, image, cdp_days)
+            self.commit()
+
+    def job_good(self, image: str, job: str) -> None:
+        """A job's mirror completed on a live link: the image may be valid for recovery."""
+        with self.lock:
+            good = self._good.setdefault(image, set())
+            was_good = self.image_good(image)
+            good.add(job)
+            if not was_good and self.image_good(image):
+                self.record(RANGE, image, "open")
+
+    def job_bad(self, image: str, job: str) -> None:
+        """A job's link went down or a mirror started: the range valid for recovery ends."""
+        with self.lock:
+            was_good = self.image_good(image)
+            self._good.get(image, set()).discard(job)
+            if was_good:
+                self.record(RANGE, image, "close")
+
+    def image_good(self, image: str) -> bool:
+        jobs = self._jobs_of(image)
+        good = self._good.get(image, set())
+        return bool(good) and jobs <= good
+
+    def close_open_ranges(self) -> None:
+        """At start: a range still open ended with the last record before the stop (or
+        crash). Later than that, nobody knows what the source did."""
+        with self.lock:
+            for info in self.catalog.images():
+                ranges = self.catalog.ranges(info.name)
+                if ranges and ranges[-1].end is None:
+                    self.record(RANGE, info.name, "close", right_after_last=True)
+            self.commit()
+
+    def take_snapshot(self, image: str, kind: str) -> Snapshot:
+        """O(1): one record and one catalog row, whatever the image size."""
+        with self.lock:
+            if image not in {i.name for i in self.catalog.images()}:
+                raise TwinvaultError(errors.IMAGE_NOT_FOUND, image)
+            t = self.record(SNAPSHOT, image, kind)
+            self.commit()
+            for snap in reversed(self.catalog.snapshots(image)):
+                if snap.time == t:
+                    return snap
+        raise TwinvaultError(errors.INTERNAL_ERROR, f"snapshot of {image} at {t} not in the catalog")
+
+    def close(self) -> None:
+        with self.lock:
+            self.commit()
+            self.journal.close()
+            self.store.close()
+            self.catalog.close()
+
+
+def apply_record(catalog: Catalog, rec: list[Any]) -> None:
+    """Apply one journal record to the catalog (also what a rebuild replays)."""
+    kind, t, image = rec[0], int(rec[1]), rec[2]
+    if kind == PUT:
+        _, _, _, path, vkind, meta, content, size = rec[:8]
+        catalog.put(image, path, t, vkind, meta, content, int(size), None)
+    elif kind == META:
+        path, meta = rec[3], rec[4]
+        current = catalog.version_at(image, path, None)
+        if current is not None:
+            catalog.put(image, path, t, current.kind, meta, current.content, current.size, current.link)
+    elif kind == LINK:
+        path, existing = rec[3], rec[4]
+        current = catalog.version_at(image, existing, None)
+        if current is not None:
+            catalog.put(
+                image, path, t, current.kind, current.meta, current.content, current.size, current.link
+            )
+    elif kind == DELETE:
+        catalog.delete_tree(image, rec[3], t)
+    elif kind == RENAME:
+        catalog.rename_tree(image, rec[3], rec[4], t)
+    elif kind == RANGE:
+        if rec[3] == "open":
+            catalog.open_range(image, t)
+        else:
+            catalog.close_range(image, t)
+    elif kind == SNAPSHOT:
+        catalog.add_snapshot(image, t, rec[3])
+    elif kind == IMAGE:
+        catalog.ensure_image(image, None if rec[3] is None else float(rec[3]))
+    elif kind == PRUNE:
+        catalog.prune(image, int(rec[3]))
+    else:
+        raise ValueError(f"unknown journal record {kind!r}")
+
+
+class Recorder:
+    """What one image session's applier tells history; used from that applier's thread."""
+
+    def __init__(self, history: History, image: str, job: str) -> None:
+        self.history = history
+        self.image = image
+        self.job = job
+        self._store = history.store
+        self.lock = history.lock
+        # Chunks of the file being received: referenced by no record yet, so garbage
+        # collection must keep them (see History.collect_garbage).
+        self.pinned: set[bytes] = set()
+
+    def chunk(self, digest: bytes, data: bytes) -> None:
+        with self.lock:
+            self.pinned.add(digest)
+            self._store.put(digest, data)
+
+    def ensure_chunk(self, digest: bytes, read: Callable[[], bytes]) -> None:
+        """A chunk the op reused from the live image: stored already, unless the image
+        predates its history (then it is read back from the image once)."""
+        with self.lock:
+            self.pinned.add(digest)
+            if not self._store.has(digest):
+                self._store.put(digest, read())
+
+    def file_aborted(self) -> None:
+        self.pinned = set()
+
+    def put(self, path: bytes, meta: fsmeta.Meta, content: bytes = b"") -> None:
+        if meta.kind == "symlink":
+            content = os.fsencode(meta.symlink_target)
+        kind = meta.kind if meta.kind in _VERSION_KINDS else "special"  # fifo, devices, sockets
+        self.history.record(PUT, self.image, path, kind, pack_meta(meta), content, meta.size)
+
+    def put_file(self, path: bytes, meta: fsmeta.Meta, pieces: Iterable[ChunkPiece]) -> None:
+        content = file_content(((p.digest, p.offset, p.length) for p in pieces), meta.size)
+        with self.lock:  # the record now references them: no longer pinned
+            self.put(path, meta, content)
+            self.pinned = set()
+
+    def meta(self, path: bytes, meta: fsmeta.Meta) -> None:
+        self.history.record(META, self.image, path, pack_meta(meta))
+
+    def link(self, path: bytes, existing: bytes) -> None:
+        self.history.record(LINK, self.image, path, existing)
+
+    def delete(self, path: bytes) -> None:
+        self.history.record(DELETE, self.image, path)
+
+    def rename(self, old: bytes, new: bytes) -> None:
+        self.history.record(RENAME, self.image, old, new)
+
+    def mark(self, name: str) -> None:
+        if name == m.MARK_MIRROR_START:
+            self.history.job_bad(self.image, self.job)
+        elif name == m.MARK_MIRROR_COMPLETE:
+            self.history.job_good(self.image, self.job)
+
+    def link_down(self) -> None:
+        self.history.job_bad(self.image, self.job)
