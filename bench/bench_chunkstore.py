@@ -185,7 +185,8 @@ def main() -> None:
     print(
         f"chunk store: {args.mib} MiB per run, {CHUNK >> 10} KiB chunks, zstd -3, 16 MiB packs, "
         f"commit every {COMMIT_EVERY * 1000:.0f} ms, {os.cpu_count()} cores, dir {root}, "
-        f"page cache {'dropped' if args.drop_caches else 'warm'} before reads"
+        f"page cache {'dropped' if args.drop_caches else 'warm'} before reads, "
+        f"load average before {os.getloadavg()[0]:.2f} (other processes share the cores)"
     )
     print(
         f"{'data':<7} {'store':<10} {'threads':>7} {'put MB/s':>9} {'plain write':>11} {'ratio':>6} "
@@ -219,6 +220,7 @@ def main() -> None:
             f"{statistics.mean(plain) * 1e3:.2f} ms, p99 {q(plain, n=100)[98] * 1e3:.2f} ms; "
             f"ratio {statistics.mean(ours) / statistics.mean(plain):.2f}"
         )
+        print(f"load average after {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -33,6 +33,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from twinvault.ops import errors
@@ -88,7 +89,7 @@ class GarbageCollector:
         self.writer = writer
         self.uploader = uploader
         # Both read and written under writer.lock (the put path consults them).
-        self.dead: set[bytes] = set()
+        self.dead: AbstractSet[bytes] = frozenset()
         self.touched: set[bytes] | None = None
         self._one_at_a_time = threading.Lock()
 
@@ -114,7 +115,7 @@ class GarbageCollector:
                 return self._collect(referenced, flush_timeout, progress)
             finally:
                 with self.writer.lock:
-                    self.dead = set()
+                    self.dead = frozenset()
                     self.touched = None
 
     def _collect(self, referenced: Container[bytes], flush_timeout: float, progress: Progress) -> GcReport:
@@ -141,23 +142,23 @@ class GarbageCollector:
         for pack_id, entry in self.index.iter_blobs():
             if pack_id in packs:
                 (live if entry.digest in referenced else dead)[pack_id].append(entry)
+        remove, rewrite = _classify(packs, live, dead)
+        doomed = {e.store_id: row.id for row in remove + rewrite for e in dead[row.id]}
+        # The switch from `touched` to `dead` is atomic for the put path; the work inside
+        # the lock is proportional to the dedup hits since begin(), not to the store.
         with self.writer.lock:
-            touched = self.touched or set()
-            for pack_id, entries in dead.items():
-                rescued = [e for e in entries if e.store_id in touched]
-                if rescued:
-                    live[pack_id].extend(rescued)
-                    live[pack_id].sort(key=lambda e: e.offset)
-                    entries[:] = [e for e in entries if e.store_id not in touched]
-            remove, rewrite = [], []
-            for pack_id, row in packs.items():
-                live_bytes = sum(BLOB_HEADER.size + e.stored_len for e in live[pack_id])
-                if not live[pack_id]:
-                    remove.append(row)
-                elif dead[pack_id] and live_bytes < LIVE_RATIO * row.size:
-                    rewrite.append(row)
-            self.dead = {e.store_id for row in remove + rewrite for e in dead[row.id]}
-            self.touched = None  # from here on, self.dead guards the put path
+            rescued = [(sid, doomed.pop(sid)) for sid in self.touched or () if sid in doomed]
+            self.dead = doomed.keys()
+            self.touched = None
+        if rescued:  # found by a put or has since begin(): live after all
+            for sid, pack_id in rescued:
+                entry = next(e for e in dead[pack_id] if e.store_id == sid)
+                dead[pack_id].remove(entry)
+                live[pack_id].append(entry)
+                live[pack_id].sort(key=lambda e: e.offset)
+            # A pack may move from remove to rewrite, or from rewrite to keep; `dead` then
+            # holds a few ids more than will be dropped, which only costs a fresh copy.
+            remove, rewrite = _classify(packs, live, dead)
         return _Plan(remove, rewrite, live, dead)
 
     def _copy_live(
@@ -232,6 +233,20 @@ class GarbageCollector:
             removed += 1
             progress(f"removed {row.name}")
         return removed
+
+
+def _classify(
+    packs: dict[int, PackRow], live: dict[int, list[BlobEntry]], dead: dict[int, list[BlobEntry]]
+) -> tuple[list[PackRow], list[PackRow]]:
+    """(packs to remove, packs to rewrite); the rest are kept as they are."""
+    remove, rewrite = [], []
+    for pack_id, row in packs.items():
+        live_bytes = sum(BLOB_HEADER.size + e.stored_len for e in live[pack_id])
+        if not live[pack_id]:
+            remove.append(row)
+        elif dead[pack_id] and live_bytes < LIVE_RATIO * row.size:
+            rewrite.append(row)
+    return remove, rewrite
 
 
 class _PackBuilder:
