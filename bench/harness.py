@@ -140,8 +140,13 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}" if theirs else "n/a"
 
 
-def row(figure: str, ours: str, theirs: str, r: str) -> None:
-    print(f"  {figure:<44} twinvault {ours:>14}   rsync {theirs:>14}   ratio {r:>6}", flush=True)
+def row(figure: str, ours: str, theirs: str, r: str, *, reference: str = "rsync") -> None:
+    print(f"  {figure:<44} twinvault {ours:>14}   {reference} {theirs:>14}   ratio {r:>6}", flush=True)
+
+
+def figure(name: str, value: str, target: str) -> None:
+    """A figure with no reference tool: printed against its target."""
+    print(f"  {name:<60} {value:>16}   target {target}", flush=True)
 
 
 @contextlib.contextmanager
