@@ -5,6 +5,8 @@
 it yields a `PostgresServer` whose `url(dbname)` is a psycopg conninfo and `create_database`
 makes a fresh database per test. At exit the server is stopped by pid (SIGINT: fast
 shutdown, which also ends open client sessions), waited for, and the dir removed.
+`postgres_server_fixture()` makes the module-scoped pytest fixture of it, which skips
+(saying why) where PostgreSQL is not installed.
 
 initdb and postgres refuse to run as root: as root they run as the ``postgres`` user, and
 the temp dir is chowned to it first (mkdtemp makes it 0700 root).
@@ -27,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.helpers.procs import start_child, stop_child
 
@@ -155,3 +159,17 @@ def _log_tail(root: Path) -> str:
         return (root / "postgres.log").read_text(errors="replace")[-2000:]
     except OSError as e:
         return f"(no log: {e})"
+
+
+def postgres_server_fixture() -> Any:
+    """A module-scoped fixture yielding a running `PostgresServer`; in a test module:
+    ``postgres_server = postgres_server_fixture()``."""
+
+    @pytest.fixture(scope="module")
+    def postgres_server() -> Iterator[PostgresServer]:
+        if postgres_bin() is None:
+            pytest.skip("PostgreSQL binaries not installed (no /usr/lib/postgresql/*/bin/initdb)")
+        with running_postgres() as pg:
+            yield pg
+
+    return postgres_server
