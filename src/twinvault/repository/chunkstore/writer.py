@@ -52,7 +52,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 def write_at(fd: int, parts: list[bytes], offset: int) -> None:
     """Write all of `parts` at `offset` (pwritev may write less than asked)."""
-    total = sum(len(p) for p in parts)
+    total = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
     done = os.pwritev(fd, parts, offset)
     if done < total:
         rest = b"".join(parts)[done:]
