@@ -405,6 +405,25 @@ def test_index_deleted_or_damaged_is_rebuilt_from_the_packs(place: Place) -> Non
     assert any("index damaged" in d for d in place.recovered())
 
 
+def test_rebuild_scans_a_pack_whose_trailer_is_cut_off(place: Place) -> None:
+    chunks = [random_chunk(i, 16 << 10) for i in range(12)]
+    with place.create(passphrase="scan") as s:
+        put_all(s, chunks)
+        s.seal()
+        assert s.flush_uploads(5)
+    (path,) = place.packs("backend")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])  # footer and the end of the trailer gone
+    for f in place.state.glob("index.sqlite*"):
+        f.unlink()
+    (place.state / "tmp" / "left-by-a-crash").write_bytes(b"partial")
+    with place.open(passphrase="scan") as s:
+        assert_readable(s, chunks)  # found by walking the blob headers
+        assert s.stats().chunks == len(chunks)
+    assert list((place.state / "tmp").iterdir()) == []
+    assert any("temporary files removed: 1" in d for d in place.recovered())
+
+
 def test_corrupt_byte_is_found_by_check_and_refused_by_get(place: Place) -> None:
     chunks = [random_chunk(i, 16 << 10) for i in range(8)]
     with place.create() as s:

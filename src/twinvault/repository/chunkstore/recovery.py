@@ -71,7 +71,7 @@ def recover(
         else:
             path.unlink()
     if stale:
-        done.append(f"{len(stale)} temporary files removed")
+        done.append(f"temporary files removed: {len(stale)}")
     for pack in state.packs_in(state.open):
         done.append(reseal_open_pack(state, index, codec, store_uuid, pack))
     for pack in state.packs_in(state.sealed):
