@@ -83,7 +83,6 @@ class ChunkStore:
         self.codec = BlobCodec(level, keys)
         self.pack_size = pack_size
         self._lock_fd = opening.lock_fd
-        self._emit = opening.emit
         self._stop = opening.stop
         self._objects_lock = threading.Lock()
         self._uploader = Uploader(state, index, backend, self._objects_lock)
