@@ -100,7 +100,6 @@ class History:
         self._clock = clock
         self.lock = threading.RLock()
         self._pending: list[list[Any]] = []
-        self._last_t = 0
         self._good: dict[str, set[str]] = {}  # image -> jobs whose mirror is complete and linked
         self._jobs_of: Callable[[str], set[str]] = lambda image: set()
         self._recorders: set[Recorder] = set()
@@ -152,6 +151,8 @@ class History:
         """
         with self.lock:
             self.commit()
+            # The store's own guard too: dedup hits from here on count as referenced.
+            self.store.begin_collection()
             referenced = self.catalog.referenced_digests()
             for recorder in self._recorders:
                 referenced |= recorder.pinned
@@ -279,10 +280,14 @@ class History:
                     return snap
         raise TwinvaultError(errors.INTERNAL_ERROR, f"snapshot of {image} at {t} not in the catalog")
 
-    def close(self) -> None:
+    def close(self, upload_timeout: float = 10.0) -> None:
+        """Clean stop: everything committed, the open pack sealed and, where the backend
+        answers, uploaded (what is not waits in the state dir for the next start)."""
         with self.lock:
             self.commit()
             self.journal.close()
+            self.store.seal()
+            self.store.flush_uploads(upload_timeout)
             self.store.close()
             self.catalog.close()
 
