@@ -28,6 +28,8 @@ from twinvault.repository.catalog import (
     format_instant,
     open_catalog,
 )
+from twinvault.repository.catalog.catalog import PUT_BATCH
+from twinvault.repository.catalog.database import STATISTICS_FIRST
 from twinvault.repository.chunklist import HOLE_DIGEST, Piece, pack_chunks
 
 IMG = "alpha-data"
@@ -424,6 +426,45 @@ def test_a_failed_transaction_leaves_nothing_behind(catalog: Catalog) -> None:
     assert paths_at(catalog, None, image="new-image") == [b"/g"]
 
 
+def test_a_batch_larger_than_the_put_batch_with_repeated_paths_keeps_every_version(catalog: Catalog) -> None:
+    n = PUT_BATCH * 2 + 37
+    with catalog.transaction():
+        for i in range(n):
+            # Every path is put three times: two instants, the second one twice.
+            put_file(catalog, b"/f%04d" % (i % 200), 10 + i // 200, size=i, meta=b"%d" % i)
+        put_file(catalog, b"/f0000", 10 + (n - 1) // 200, size=1, meta=b"same instant")
+        assert catalog.version_at(IMG, b"/f0000", None).meta == b"same instant"  # type: ignore[union-attr]
+    for i in range(200):
+        puts = [j for j in range(n) if j % 200 == i]
+        expected = [(10 + j // 200, j) for j in puts]
+        if i == 0:
+            expected[-1] = (expected[-1][0], 1)
+        assert [(v.valid_from, v.size) for v in catalog.history(IMG, b"/f%04d" % i)] == expected
+    info = catalog.images()[0]
+    assert (info.versions, info.live_files) == (n, 200)
+
+
+def test_a_put_that_fails_when_the_batch_is_written_rolls_the_transaction_back(catalog: Catalog) -> None:
+    put_file(catalog, b"/f", 20, meta=b"kept")
+    with pytest.raises(ValueError, match="time went backwards"), catalog.transaction():
+        put_file(catalog, b"/g", 21)
+        put_file(catalog, b"/f", 10)  # held back: the error surfaces at the read below
+        catalog.versions_at(IMG, None)
+    assert paths_at(catalog, None) == [b"/f"]
+    assert catalog.images()[0].versions == 1
+
+
+def test_a_transaction_whose_write_failed_does_not_commit_even_if_the_error_was_caught(
+    catalog: Catalog,
+) -> None:
+    with pytest.raises(RuntimeError, match="rolled back"), catalog.transaction():
+        put_file(catalog, b"/a", 1)
+        put_dir(catalog, b"/d", 1)
+        with pytest.raises(ValueError):
+            catalog.rename_tree(IMG, b"/d", b"/d/inside", 2)
+    assert catalog.images() == []
+
+
 def test_transactions_do_not_nest(catalog: Catalog) -> None:
     with catalog.transaction(), pytest.raises(RuntimeError, match="nest"), catalog.transaction():
         pass
@@ -729,6 +770,22 @@ def test_a_lost_postgresql_session_is_catalog_unavailable(postgres_server: Postg
         with expect_error(errors.CATALOG_UNAVAILABLE), c.transaction():
             put_file(c, b"/g", 2)
         assert not c.integrity_ok()
+
+
+def test_postgresql_statistics_are_refreshed_as_the_catalog_grows(postgres_server: PostgresServer) -> None:
+    import psycopg
+
+    url = postgres_server.create_database()
+    with open_catalog(url) as c:
+        for batch in range(10):
+            with c.transaction():
+                for i in range(STATISTICS_FIRST // 8):
+                    put_file(c, b"/f%06d" % i, batch + 1)
+        with psycopg.connect(url) as admin:
+            row = admin.execute(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'versions'"
+            ).fetchone()
+    assert row == (True,)
 
 
 def test_live_is_the_largest_int64() -> None:

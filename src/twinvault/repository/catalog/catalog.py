@@ -40,6 +40,9 @@ from twinvault.repository.catalog.model import (
 )
 from twinvault.repository.chunklist import chunk_digests
 
+# Puts held back before they are written together: the repository's batch size.
+PUT_BATCH: Final = 256
+
 _COLUMNS: Final = f"path, valid_from, NULLIF(valid_to, {LIVE}), kind, meta, content, size, link"
 # A path and its descendants (parameters from `_subtree`): one range scan of the index,
 # from the path itself to just before path + "0" ("0" follows "/"), minus the siblings in
@@ -89,18 +92,19 @@ class Catalog(CatalogDatabase):
     """Temporal versions, snapshots and ranges of every image of one repository."""
 
     def __init__(self, dialect: Dialect, conn: DbConnection) -> None:
-        super().__init__(dialect, conn)
         # Live versions, read through their partial index: without statistics SQLite
         # would rather scan the primary key, every closed version of the subtree included.
         self._live = f"versions{dialect.live_index_hint}"
+        # Puts held back, written together by `_settle` (see `put`).
+        self._puts: list[tuple[int, bytes, int, str, bytes, bytes, int, bytes]] = []
+        self._put_keys: set[tuple[int, bytes]] = set()
+        super().__init__(dialect, conn)  # last: it opens the schema's transaction
         sql = dialect.sql
-        # The statements of the hot path, in the driver's placeholder style once.
-        self._sql_close_path = sql(
-            f"UPDATE {self._live} SET valid_to = ? WHERE image_id = ? AND path = ? AND valid_to = {LIVE}"
-            " RETURNING valid_from, kind, size"
+        self._sql_close_version = sql(
+            "UPDATE versions SET valid_to = ? WHERE image_id = ? AND path = ? AND valid_from = ?"
         )
-        # The conflict is the version this put has just closed at the same instant
-        # (zero-length): the new version takes its place.
+        # The conflict is the live version that opened at this put's instant (it would be
+        # zero-length): the new version takes its place.
         self._sql_open = sql(
             "INSERT INTO versions (image_id, path, valid_from, valid_to, kind, meta, content, size, link)"
             f" VALUES (?, ?, ?, {LIVE}, ?, ?, ?, ?, ?)"
@@ -134,24 +138,69 @@ class Catalog(CatalogDatabase):
     ) -> None:
         """Close the live version at `path` (if any) at `t`; open a new one from `t`.
 
-        `link` None starts the version's own hard-link group, ``path@t``.
+        `link` None starts the version's own hard-link group, ``path@t``. Puts are held
+        back and written PUT_BATCH at a time (three statements for the lot instead of two
+        per put); any other call of the catalog writes them first, so no read misses one,
+        and a put's own errors (time going backwards) may surface at that later call.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown version kind {kind!r}")
         image_id = self._image_ids.get(image)
         if image_id is None:
             image_id = self._writable_image_id(image)
-        counts = self._counts_of(image_id)
-        cur = self._cur
-        cur.execute(self._sql_close_path, (t, image_id, path))
-        for valid_from, old_kind, old_size in cur.fetchall():
-            if valid_from > t:
-                raise ValueError(f"time went backwards at {path!r}: live since {valid_from}, put at {t}")
-            counts.close(old_kind, old_size, dropped=valid_from == t)
+        key = (image_id, path)
+        if key in self._put_keys:
+            self._flush()  # the second put of a path closes the first: keep them in order
         if link is None:
             link = b"%s@%d" % (path, t)
-        cur.execute(self._sql_open, (image_id, path, t, kind, meta, content, size, link))
-        counts.open(kind, size)
+        self._puts.append((image_id, path, t, kind, meta, content, size, link))
+        self._put_keys.add(key)
+        self._unsettled = True
+        if len(self._puts) >= PUT_BATCH:
+            self._flush()
+
+    def _settle(self) -> None:
+        """Write the held-back puts: per image, find their live versions in one query,
+        close them, open the new versions."""
+        self._unsettled = False
+        puts, self._puts = self._puts, []
+        self._put_keys.clear()
+        by_image: dict[int, list[tuple[int, bytes, int, str, bytes, bytes, int, bytes]]] = {}
+        for p in puts:
+            by_image.setdefault(p[0], []).append(p)
+        cur = self._cur
+        for image_id, group in by_image.items():
+            marks = ", ".join("?" * len(group))
+            cur.execute(
+                self._d.sql(
+                    f"SELECT path, valid_from, kind, size FROM {self._live}"
+                    f" WHERE image_id = ? AND valid_to = {LIVE} AND path IN ({marks})"
+                ),
+                (image_id, *(p[1] for p in group)),
+            )
+            live = {bytes(row[0]): row[1:] for row in cur.fetchall()}
+            counts = self._counts_of(image_id)
+            closes = []
+            for _, path, t, kind, _, _, size, _ in group:
+                old = live.get(path)
+                if old is not None:
+                    valid_from, old_kind, old_size = old
+                    if valid_from > t:
+                        raise ValueError(
+                            f"time went backwards at {path!r}: live since {valid_from}, put at {t}"
+                        )
+                    counts.close(old_kind, old_size, dropped=valid_from == t)
+                    if valid_from < t:  # else the new version overwrites it (the upsert)
+                        closes.append((t, image_id, path, valid_from))
+                counts.open(kind, size)
+            if closes:
+                cur.executemany(self._sql_close_version, closes)
+            cur.executemany(self._sql_open, group)
+
+    def _discard(self) -> None:
+        self._unsettled = False
+        self._puts.clear()
+        self._put_keys.clear()
 
     @write
     def delete_tree(self, image: str, path: bytes, t: int) -> int:

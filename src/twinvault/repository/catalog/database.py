@@ -27,6 +27,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 D = TypeVar("D", bound="CatalogDatabase")
 
+STATISTICS_FIRST = 2000  # versions written before the first refresh of the statistics
+
 
 @dataclass(slots=True)
 class _Counts:
@@ -66,6 +68,8 @@ def write(method: Callable[Concatenate[D, P], R]) -> Callable[Concatenate[D, P],
         try:
             return method(self, *args, **kwargs)
         except Exception as e:
+            # It may have done part of its work: the transaction must not commit.
+            self._doomed = True
             self._raise_translated(e)
 
     return wrapper
@@ -95,6 +99,14 @@ class CatalogDatabase:
         self._closed = False
         self._image_ids: dict[str, int] = {}
         self._counts: dict[int, _Counts] = {}
+        # A subclass holds writes back to send them together (`_settle`); every statement
+        # sends them first, so nothing ever reads around them.
+        self._unsettled = False
+        self._doomed = False  # a write failed inside the open transaction
+        # Versions written since the planner's statistics were refreshed, and how many
+        # more trigger the next refresh (see `_keep_statistics`).
+        self._written = 0
+        self._next_statistics = STATISTICS_FIRST
         self._init_schema()
 
     @property
@@ -114,22 +126,49 @@ class CatalogDatabase:
             raise e
         raise TwinvaultError(errors.CATALOG_UNAVAILABLE, f"{self._d.location}: {e}") from e
 
+    def _settle(self) -> None:
+        """Send the writes held back (none here; `Catalog` holds puts back)."""
+        self._unsettled = False
+
+    def _discard(self) -> None:
+        """Forget the writes held back: the transaction is being rolled back."""
+        self._unsettled = False
+
+    def _flush(self) -> None:
+        """`_settle`; a failure dooms the open transaction (held-back writes are lost)."""
+        try:
+            self._settle()
+        except BaseException:
+            self._doomed = True
+            raise
+
     def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Execute a statement; its row count."""
+        if self._unsettled:
+            self._flush()
         self._cur.execute(self._d.sql(sql), params)
         return self._cur.rowcount
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        if self._unsettled:
+            self._flush()
         self._cur.execute(self._d.sql(sql), params)
         rows = self._cur.fetchall()
         return tuple(rows[0]) if rows else None
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if self._unsettled:
+            self._flush()
         self._cur.execute(self._d.sql(sql), params)
         return [tuple(r) for r in self._cur.fetchall()]
 
     def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[Row]:
         """Rows of a large result as they are consumed, failures translated."""
+        if self._unsettled:
+            self._flush()
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> Iterator[Row]:
         try:
             yield from self._d.stream(self._conn, self._d.sql(sql), params)
         except Exception as e:
@@ -183,13 +222,34 @@ class CatalogDatabase:
         return counts
 
     def _write_counts(self) -> None:
+        if self._unsettled:
+            self._flush()  # it changes the counts
         for image_id, c in self._counts.items():
+            self._written += max(c.versions, 0)
             self._run(
                 "UPDATE images SET versions = versions + ?, live_files = live_files + ?,"
                 " live_bytes = live_bytes + ?, logical_bytes = logical_bytes + ? WHERE id = ?",
                 (c.versions, c.live_files, c.live_bytes, c.logical_bytes, image_id),
             )
         self._counts.clear()
+
+    def _keep_statistics(self) -> None:
+        """Refresh the planner's statistics when the versions have grown a fifth since the
+        last refresh (and at STATISTICS_FIRST versions): a fresh PostgreSQL table has none
+        until autovacuum comes by, and without them the planner scans every live version
+        of the image for each batch of puts. Geometric steps keep the total cost small."""
+        if self._written < self._next_statistics:
+            return
+        self._written = 0
+        try:
+            self._d.refresh_statistics(self._conn)
+            row = self._one("SELECT COALESCE(SUM(versions), 0) FROM images")
+        except Exception as e:
+            # The commit stands; only the planner's statistics are stale. A database that
+            # is really gone fails the next call with CATALOG_UNAVAILABLE.
+            log.warning("catalog %s: refreshing planner statistics failed: %s", self._d.location, e)
+            return
+        self._next_statistics = max(STATISTICS_FIRST, int(row[0]) // 5 if row else 0)
 
     # -- transactions --------------------------------------------------------------------
 
@@ -208,8 +268,11 @@ class CatalogDatabase:
         except Exception as e:
             self._raise_translated(e)
         self._in_tx = True
+        self._doomed = False
         try:
             yield
+            if self._doomed:
+                raise RuntimeError("a catalog write failed inside this transaction: rolled back")
             self._write_counts()
             self._run("COMMIT")
         except BaseException as e:
@@ -219,9 +282,11 @@ class CatalogDatabase:
             raise
         finally:
             self._in_tx = False
+        self._keep_statistics()
 
     def _abandon(self) -> None:
         """Roll back; forget what the transaction cached."""
+        self._discard()
         self._counts.clear()
         self._image_ids.clear()  # it may hold an image created by this transaction
         try:

@@ -32,6 +32,8 @@ class DbCursor(Protocol):
 
     def execute(self, query: Any, params: Any = ..., /) -> Any: ...
 
+    def executemany(self, query: Any, params_seq: Any, /) -> Any: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -86,6 +88,9 @@ class Dialect:
     def integrity_ok(self, conn: DbConnection) -> bool:
         raise NotImplementedError
 
+    def refresh_statistics(self, conn: DbConnection) -> None:
+        """Bring the query planner's view of the tables up to date (outside a transaction)."""
+
     def is_unavailable(self, exc: BaseException) -> bool:
         """The database cannot serve us (gone, locked, damaged, disk full) rather than the
         catalog asking something wrong: shown to users as CATALOG_UNAVAILABLE."""
@@ -129,6 +134,9 @@ class SqliteDialect(Dialect):
             conn.close()
             raise
         return cast(DbConnection, conn)
+
+    # refresh_statistics: nothing. Every query the planner could get wrong names its
+    # index (INDEXED BY) or has only one sensible plan; ANALYZE would only cost time.
 
     def concat(self, left: str, right: str) -> str:
         # SQLite's || yields TEXT even from blobs, and TEXT sorts before every BLOB: cast
@@ -193,6 +201,14 @@ class PostgresDialect(Dialect):
             cur.itersize = STREAM_ROWS
             cur.execute(sql, params)
             yield from cur
+
+    def refresh_statistics(self, conn: DbConnection) -> None:
+        # ANALYZE samples a bounded number of rows: milliseconds whatever the table size.
+        cur = conn.cursor()
+        try:
+            cur.execute("ANALYZE versions")
+        finally:
+            cur.close()
 
     def integrity_ok(self, conn: DbConnection) -> bool:
         # PostgreSQL checks its own pages; what can be wrong from here is a database that
