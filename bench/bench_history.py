@@ -132,15 +132,18 @@ def cdp_figure(base: Path, files: int) -> None:
     corpus = base / "corpus"
     make_small_files(str(corpus), files)
     size = tree_bytes(str(corpus))[1]
-    seconds = {}
-    for cdp in ("0", "7"):
-        with testbed(base / f"hosts-cdp{cdp}") as bed:
+    # Alternating runs, best of each: the two settings do the same ingest work (CDP only
+    # changes what retention keeps), so what differs between single runs is the machine.
+    seconds: dict[str, float] = {}
+    for attempt, cdp in enumerate(("0", "7", "0", "7")):
+        with testbed(base / f"hosts-{attempt}") as bed:
             out = bed.console.json(
                 "protect", "--source", bed.source.api, "--repository", bed.repository.api,
                 "--data", str(corpus), "--cdp-days", cdp,
             )  # fmt: skip
             started = time.perf_counter()
-            seconds[cdp] = bed.wait_protected(out["job"], started).seconds
+            took = bed.wait_protected(out["job"], started).seconds
+            seconds[cdp] = min(seconds.get(cdp, took), took)
     on, off = mb(size / seconds["7"]), mb(size / seconds["0"])
     row("initial mirror MB/s, CDP on (--cdp-days 7)", f"{on:.1f}", f"{off:.1f}", ratio(on, off),
         reference="CDP off")  # fmt: skip
