@@ -752,6 +752,10 @@ def test_an_unreachable_postgresql_is_catalog_unavailable_without_its_password(t
         open_catalog(url)
     assert "s3cret" not in str(e.value)
     assert "someone:***@" in str(e.value)
+    with expect_error(errors.CATALOG_UNAVAILABLE) as e:
+        open_catalog(f"postgresql:///db?host={tmp_path}&port=1&user=x&password=s3cret&connect_timeout=2")
+    assert "s3cret" not in str(e.value)
+    assert "password=***" in str(e.value)
 
 
 def test_a_lost_postgresql_session_is_catalog_unavailable(postgres_server: PostgresServer) -> None:
