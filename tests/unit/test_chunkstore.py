@@ -169,7 +169,7 @@ def test_put_compressed_keeps_the_wire_frame_as_it_is(store: ChunkStore) -> None
     store.commit()
     pack, entry = store.index.locate(digest(data)) or ("", None)
     assert entry is not None and entry.stored_len == len(frame)
-    stored = store._read(pack, entry.payload_offset, entry.stored_len)
+    stored = store._fetch._read(pack, entry.payload_offset, entry.stored_len)
     assert stored == frame, "the frame must be stored byte for byte, not recompressed"
     assert store.get(digest(data)) == data
 

@@ -44,6 +44,12 @@ from twinvault.repository.chunklist import chunk_digests
 PUT_BATCH: Final = 256
 
 _COLUMNS: Final = f"path, valid_from, NULLIF(valid_to, {LIVE}), kind, meta, content, size, link"
+# The same without file contents (a chunk list is 40 bytes per chunk): for listings.
+_LISTING_COLUMNS: Final = _COLUMNS.replace("content", "CASE WHEN kind = 'file' THEN ? ELSE content END")
+# Rows per query of a children listing: small first (most directories are small, and a
+# batch that runs into a subdirectory's descendants is cut short), doubling up to the cap.
+_CHILDREN_FIRST: Final = 64
+_CHILDREN_MAX: Final = 4096
 # A path and its descendants (parameters from `_subtree`): one range scan of the index,
 # from the path itself to just before path + "0" ("0" follows "/"), minus the siblings in
 # between whose names merely start with the path's name (b"/ab" for b"/a").
@@ -63,6 +69,15 @@ def _subtree(path: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     if not path or path.endswith(b"/"):
         raise ValueError(f"not a catalog path (empty or trailing slash): {path!r}")
     return (path, path + b"0", path, path + b"/")
+
+
+def _below(path: bytes) -> tuple[bytes, bytes]:
+    """(low, high): the strict descendants of `path` are exactly the paths p with
+    low <= p < high ("0" is the byte after "/")."""
+    _subtree(path)  # checks the path
+    if path == b"/":
+        return (b"/\x00", b"0")  # b"/\x00": the smallest path after b"/" itself
+    return (path + b"/", path + b"0")
 
 
 def _within(path: bytes, tree: bytes) -> bool:
@@ -351,6 +366,81 @@ class Catalog(CatalogDatabase):
                 (image_id, path, t, t),
             )
         return Version(*row) if row else None
+
+    def _valid_at(self, t: int | None) -> tuple[str, str, tuple[int, ...]]:
+        """(table, condition, parameters) selecting the versions valid at `t` (None: live)."""
+        if t is None:
+            return self._live, f"valid_to = {LIVE}", ()
+        return "versions", "valid_from <= ? AND valid_to > ?", (t, t)
+
+    @read
+    def children_at(
+        self, image: str, t: int | None, path: bytes, *, content: bool = True
+    ) -> list[tuple[bytes, Version | None]]:
+        """The entries of directory `path` at `t` (None: live), as (name, version), in
+        path order. A name whose own version is not valid at `t` but under which something
+        is (a parent of the selection that was never protected itself) comes with None.
+        `content=False` hands b"" as every file's content (listings need no chunk lists).
+
+        A skip scan of the primary key: the rows of the children themselves are read, and
+        each child directory's descendants cost one more query that jumps past them, so a
+        listing does not read the subtree below it.
+        """
+        image_id = self._image_id(image)
+        low, high = _below(path)
+        prefix = low if path != b"/" else b"/"
+        table, when, at = self._valid_at(t)
+        columns, blank = (_COLUMNS, ()) if content else (_LISTING_COLUMNS, (b"",))
+        sql = (
+            f"SELECT {columns} FROM {table} WHERE image_id = ? AND path >= ? AND path < ? AND {when}"
+            " ORDER BY path LIMIT ?"
+        )
+        found: dict[bytes, Version | None] = {}
+        limit = _CHILDREN_FIRST
+        while True:
+            rows = self._all(sql, (*blank, image_id, low, high, *at, limit))
+            jumped = False
+            for row in rows:
+                name = bytes(row[0])[len(prefix) :]
+                slash = name.find(b"/")
+                if slash < 0:
+                    found[name] = Version(*row)
+                    low = bytes(row[0]) + b"\x00"  # the smallest path after this one
+                    continue
+                child = name[:slash]
+                found.setdefault(child, None)
+                low = prefix + child + b"0"  # past every descendant of the child
+                jumped = True
+                break
+            if not jumped:
+                if len(rows) < limit:
+                    return list(found.items())
+                limit = min(limit * 2, _CHILDREN_MAX)
+
+    @read
+    def has_descendants_at(self, image: str, t: int | None, path: bytes) -> bool:
+        """Some version under `path` is valid at `t` (None: live)."""
+        image_id = self._image_id(image)
+        table, when, at = self._valid_at(t)
+        return bool(
+            self._one(
+                f"SELECT 1 FROM {table} WHERE image_id = ? AND path >= ? AND path < ? AND {when} LIMIT 1",
+                (image_id, *_below(path), *at),
+            )
+        )
+
+    @read
+    def link_counts_at(self, image: str, t: int | None) -> dict[bytes, int]:
+        """The hard-link groups with more than one name at `t` (None: live) and how many
+        names each has: a file's link count. One scan of the image's versions."""
+        image_id = self._image_id(image)
+        table, when, at = self._valid_at(t)
+        rows = self._all(
+            f"SELECT link, COUNT(*) FROM {table} WHERE image_id = ? AND kind = 'file' AND {when}"
+            " GROUP BY link HAVING COUNT(*) > 1",
+            (image_id, *at),
+        )
+        return {bytes(link): int(count) for link, count in rows}
 
     @read
     def link_group_of(self, image: str, path: bytes) -> bytes | None:

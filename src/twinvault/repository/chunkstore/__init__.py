@@ -7,6 +7,7 @@
 from twinvault.repository.chunkstore.backend import Backend, BackendUnavailable
 from twinvault.repository.chunkstore.check import CheckReport
 from twinvault.repository.chunkstore.garbage import GcReport
+from twinvault.repository.chunkstore.reader import StoreReader
 from twinvault.repository.chunkstore.retry import RetryPolicy
 from twinvault.repository.chunkstore.store import ChunkStore, StoreStats
 
@@ -17,5 +18,6 @@ __all__ = [
     "ChunkStore",
     "GcReport",
     "RetryPolicy",
+    "StoreReader",
     "StoreStats",
 ]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,12 @@ def _entry(row: tuple[bytes, bytes | None, int, int, int, int]) -> BlobEntry:
     return BlobEntry(store_id, digest if digest is not None else store_id, offset, raw_len, stored_len, flags)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        # mode=ro: this connection can never write the database (another process owns
+        # it); WAL still lets it read beside that process's writer.
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
@@ -80,16 +86,23 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class Index:
-    def __init__(self, path: Path, store_uuid: bytes, *, integrity_check: bool = False) -> None:
-        """Open (or create) the index at `path`; IndexDamaged if it is unusable or another store's."""
+    def __init__(
+        self, path: Path, store_uuid: bytes, *, integrity_check: bool = False, read_only: bool = False
+    ) -> None:
+        """Open (or create) the index at `path`; IndexDamaged if it is unusable or another store's.
+
+        `read_only`: for a reader in another process (`reader.StoreReader`): nothing is
+        created or written, and an index without tables is IndexDamaged.
+        """
         self.path = path
+        self.read_only = read_only
         self.complete = False
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         try:
-            self._db = _connect(path)
+            self._db = _connect(path, read_only)
         except sqlite3.DatabaseError as exc:
             raise IndexDamaged(str(exc)) from exc
         try:
@@ -103,6 +116,8 @@ class Index:
 
     def _prepare(self, store_uuid: bytes, integrity_check: bool) -> None:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and self.read_only:
+            raise IndexDamaged("no index tables (the store was never opened)")
         if not tables:
             self._db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
             self._db.executemany(
@@ -133,7 +148,7 @@ class Index:
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = _connect(self.path)
+            db = self._local.db = _connect(self.path, self.read_only)
             with self._readers_lock:
                 self._readers.append(db)
         return db
@@ -198,6 +213,8 @@ class Index:
     def writing(self, *, durable: bool = False) -> Iterator[IndexWriter]:
         """One transaction, committed when the block ends without error; `durable`: synced
         to disk (synchronous=FULL) before the block returns, else only safe from a kill."""
+        if self.read_only:
+            raise RuntimeError(f"index {self.path} is open read-only")
         with self._lock:
             if durable:
                 self._db.execute("PRAGMA synchronous=FULL")

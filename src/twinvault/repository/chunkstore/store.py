@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,16 @@ from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.chunkstore import index as ix
 from twinvault.repository.chunkstore.backend import Backend, check_name
 from twinvault.repository.chunkstore.check import CheckReport, StoreCheck
-from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
+from twinvault.repository.chunkstore.codec import BlobCodec, BlobInvalid, digest_of
+from twinvault.repository.chunkstore.fetch import BlobFetcher, checked_digest
 from twinvault.repository.chunkstore.garbage import GarbageCollector, GcReport, Progress
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.keys import CONFIG_NAME, StoreConfig, StoreKeys, new_config, unlock
-from twinvault.repository.chunkstore.layout import OBJECTS_PREFIX, StateDir, object_key, pack_key
+from twinvault.repository.chunkstore.layout import OBJECTS_PREFIX, StateDir, object_key
 from twinvault.repository.chunkstore.local import fsync_dir, write_durably
 from twinvault.repository.chunkstore.opening import OnEvent, Opening, load_config, open_index, start_opening
-from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
+from twinvault.repository.chunkstore.pack import BlobEntry
+from twinvault.repository.chunkstore.reader import StoreReader
 from twinvault.repository.chunkstore.retry import RetryingBackend, RetryPolicy
 from twinvault.repository.chunkstore.uploader import Uploader
 from twinvault.repository.chunkstore.writer import PackWriter
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PACK_SIZE: Final = 16 << 20
 DEFAULT_LEVEL: Final = 3
-_RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
-_RUN_MAX: Final = 8 << 20  # ... up to this many bytes per read
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,6 @@ class StoreStats:
     stored_bytes: int  # sum of the packs' sizes (local and on the backend)
     packs: int
     pending_uploads: int  # sealed packs and saved objects not on the backend yet
-
-
-class _PackGone(Exception):
-    """The pack a location names is in none of its places (moved by GC meanwhile?)."""
 
 
 class ChunkStore:
@@ -91,6 +86,7 @@ class ChunkStore:
         self._gc = GarbageCollector(
             index, self.codec, backend, self.store_uuid, pack_size, self._writer, self._uploader
         )
+        self._fetch = BlobFetcher(state, backend, self.codec, self._locate)
         self._closed = False
         self._uploader.start()
 
@@ -208,15 +204,28 @@ class ChunkStore:
             retry=retry,
         )
 
+    @staticmethod
+    def open_reader(
+        state_dir: Path,
+        backend: Backend,
+        *,
+        passphrase: str | None = None,
+        key_file: Path | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> StoreReader:
+        """A read-only view (get, get_many) of a store another process has open: no lock,
+        no repair, no write (`reader.StoreReader`)."""
+        return StoreReader.open(state_dir, backend, passphrase=passphrase, key_file=key_file, retry=retry)
+
     # --- writing ---------------------------------------------------------------------------
 
     def has(self, digest: bytes) -> bool:
         """True if the chunk is stored (a True answer protects it from a running collection)."""
-        return self._dedup_hit(self.codec.store_id(_checked(digest)))
+        return self._dedup_hit(self.codec.store_id(checked_digest(digest)))
 
     def put(self, digest: bytes, data: bytes) -> bool:
         """Store a chunk given plain; False if it was already stored. Durable after `commit`."""
-        store_id = self.codec.store_id(_checked(digest))
+        store_id = self.codec.store_id(checked_digest(digest))
         if self._dedup_hit(store_id):
             return False
         if digest_of(data) != digest:
@@ -226,7 +235,7 @@ class ChunkStore:
 
     def put_compressed(self, digest: bytes, raw_length: int, frame: bytes) -> bool:
         """Store a chunk that arrived as a zstd frame, as it is (checked, never recompressed)."""
-        store_id = self.codec.store_id(_checked(digest))
+        store_id = self.codec.store_id(checked_digest(digest))
         if self._dedup_hit(store_id):
             return False
         try:
@@ -266,79 +275,20 @@ class ChunkStore:
 
     def get(self, digest: bytes) -> bytes:
         """The plain chunk, verified: CHUNK_MISSING, CHUNK_CORRUPT or STORE_UNREACHABLE otherwise."""
-        store_id = self.codec.store_id(_checked(digest))
-        for attempt in (1, 2):
-            pack, entry = self._locate(store_id, digest)
-            try:
-                blob = self._read(pack, entry.offset, BLOB_HEADER.size + entry.stored_len)
-            except _PackGone:
-                if attempt == 1:
-                    continue  # a collection may have moved it: look it up again
-                raise TwinvaultError(errors.CHUNK_MISSING, f"{digest.hex()}: pack {pack} is gone") from None
-            return self._decode(digest, store_id, pack, entry, blob)
-        raise AssertionError("unreachable")
+        return self._fetch.get(digest)
 
     def get_many(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Every distinct chunk of `digests` once, in pack order (neighbours read as one range).
 
         Raises CHUNK_MISSING before yielding anything if a digest is unknown.
         """
-        by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
-        for digest in dict.fromkeys(digests):
-            store_id = self.codec.store_id(_checked(digest))
-            pack, entry = self._locate(store_id, digest)
-            by_pack[pack].append((entry, digest))
-        for pack, items in by_pack.items():
-            items.sort(key=lambda item: item[0].offset)
-            for run in _runs(items):
-                start, end = run[0][0].offset, run[-1][0].end
-                try:
-                    data = self._read(pack, start, end - start)
-                except _PackGone:
-                    for _, digest in run:
-                        yield digest, self.get(digest)
-                    continue
-                for entry, digest in run:
-                    blob = data[entry.offset - start : entry.end - start]
-                    yield digest, self._decode(digest, entry.store_id, pack, entry, blob)
+        return self._fetch.get_many(digests)
 
     def _locate(self, store_id: bytes, digest: bytes) -> tuple[str, BlobEntry]:
         found = self._writer.pending(store_id) or self.index.locate(store_id)
         if found is None:
             raise TwinvaultError(errors.CHUNK_MISSING, digest.hex())
         return found
-
-    def _read(self, pack: str, offset: int, length: int) -> bytes:
-        """`length` bytes of a pack wherever it is now: open, sealed, or on the backend."""
-        for path in (self.state.open_pack(pack), self.state.sealed_pack(pack)):
-            try:
-                with open(path, "rb") as f:
-                    data = os.pread(f.fileno(), length, offset)
-            except FileNotFoundError:
-                continue
-            break
-        else:
-            try:
-                data = self.backend.load(pack_key(pack), offset, length)
-            except FileNotFoundError:
-                raise _PackGone(pack) from None
-        if len(data) < length:
-            raise TwinvaultError(
-                errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
-            )
-        return data
-
-    def _decode(self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes) -> bytes:
-        head = parse_blob_header(blob, 0)
-        if head is None or head[1] != store_id or head[3] != entry.stored_len:
-            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: blob header damaged (pack {pack})")
-        try:
-            plain = self.codec.decode(store_id, head[0], head[2], memoryview(blob)[BLOB_HEADER.size :])
-        except BlobInvalid as exc:
-            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: {exc} (pack {pack})") from None
-        if digest_of(plain) != digest:
-            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: content hash mismatch (pack {pack})")
-        return plain
 
     # --- maintenance -----------------------------------------------------------------------
 
@@ -452,26 +402,6 @@ class ChunkStore:
 
 
 # --- helpers of the constructors -----------------------------------------------------------
-
-
-def _checked(digest: bytes) -> bytes:
-    if len(digest) != DIGEST_BYTES:
-        raise TwinvaultError(
-            errors.INVALID_ARGUMENT, f"a chunk digest has {DIGEST_BYTES} bytes, not {len(digest)}"
-        )
-    return bytes(digest)
-
-
-def _runs(items: list[tuple[BlobEntry, bytes]]) -> Iterator[list[tuple[BlobEntry, bytes]]]:
-    """Group blobs sorted by offset into ranges worth one read each."""
-    run: list[tuple[BlobEntry, bytes]] = []
-    for item in items:
-        if run and (item[0].offset - run[-1][0].end > _RUN_GAP or item[0].end - run[0][0].offset > _RUN_MAX):
-            yield run
-            run = []
-        run.append(item)
-    if run:
-        yield run
 
 
 class _Deadline:

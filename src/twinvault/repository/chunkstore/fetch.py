@@ -1,0 +1,131 @@
+"""Reading chunks back: find each blob's pack wherever it is now, read it, decode, verify.
+
+One read path for `ChunkStore` (the daemon's store, which also knows the blobs of its
+open pack that are not indexed yet) and `StoreReader` (a read-only view of that store
+from another process, `reader.py`): each hands `BlobFetcher` its way of locating a blob.
+A pack is looked for in ``open/``, then ``sealed/``, then on the backend; every move of a
+pack makes it appear in the next place before it leaves the previous one, so that order
+always finds it, and a blob that a collection moved meanwhile is located once more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final
+
+from twinvault.ops import errors
+from twinvault.ops.errors import TwinvaultError
+from twinvault.repository.chunkstore.backend import Backend
+from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
+from twinvault.repository.chunkstore.layout import StateDir, pack_key
+from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
+
+_RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
+_RUN_MAX: Final = 8 << 20  # ... up to this many bytes per read
+
+# (store id, plain digest) -> (pack, entry); CHUNK_MISSING when the store has no such blob.
+Locate = Callable[[bytes, bytes], tuple[str, BlobEntry]]
+
+
+class _PackGone(Exception):
+    """The pack a location names is in none of its places (moved by GC meanwhile?)."""
+
+
+def checked_digest(digest: bytes) -> bytes:
+    if len(digest) != DIGEST_BYTES:
+        raise TwinvaultError(
+            errors.INVALID_ARGUMENT, f"a chunk digest has {DIGEST_BYTES} bytes, not {len(digest)}"
+        )
+    return bytes(digest)
+
+
+class BlobFetcher:
+    def __init__(self, state: StateDir, backend: Backend, codec: BlobCodec, locate: Locate) -> None:
+        self._state = state
+        self._backend = backend
+        self._codec = codec
+        self._locate = locate
+
+    def get(self, digest: bytes) -> bytes:
+        """The plain chunk, verified: CHUNK_MISSING, CHUNK_CORRUPT or STORE_UNREACHABLE otherwise."""
+        store_id = self._codec.store_id(checked_digest(digest))
+        for attempt in (1, 2):
+            pack, entry = self._locate(store_id, digest)
+            try:
+                blob = self._read(pack, entry.offset, BLOB_HEADER.size + entry.stored_len)
+            except _PackGone:
+                if attempt == 1:
+                    continue  # a collection may have moved it: look it up again
+                raise TwinvaultError(errors.CHUNK_MISSING, f"{digest.hex()}: pack {pack} is gone") from None
+            return self._decode(digest, store_id, pack, entry, blob)
+        raise AssertionError("unreachable")
+
+    def get_many(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Every distinct chunk of `digests` once, in pack order (neighbours read as one range).
+
+        Raises CHUNK_MISSING before yielding anything if a digest is unknown.
+        """
+        by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
+        for digest in dict.fromkeys(digests):
+            store_id = self._codec.store_id(checked_digest(digest))
+            pack, entry = self._locate(store_id, digest)
+            by_pack[pack].append((entry, digest))
+        for pack, items in by_pack.items():
+            items.sort(key=lambda item: item[0].offset)
+            for run in _runs(items):
+                start, end = run[0][0].offset, run[-1][0].end
+                try:
+                    data = self._read(pack, start, end - start)
+                except _PackGone:
+                    for _, digest in run:
+                        yield digest, self.get(digest)
+                    continue
+                for entry, digest in run:
+                    blob = data[entry.offset - start : entry.end - start]
+                    yield digest, self._decode(digest, entry.store_id, pack, entry, blob)
+
+    def _read(self, pack: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a pack wherever it is now: open, sealed, or on the backend."""
+        for path in (self._state.open_pack(pack), self._state.sealed_pack(pack)):
+            try:
+                with open(path, "rb") as f:
+                    data = os.pread(f.fileno(), length, offset)
+            except FileNotFoundError:
+                continue
+            break
+        else:
+            try:
+                data = self._backend.load(pack_key(pack), offset, length)
+            except FileNotFoundError:
+                raise _PackGone(pack) from None
+        if len(data) < length:
+            raise TwinvaultError(
+                errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
+            )
+        return data
+
+    def _decode(self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes) -> bytes:
+        head = parse_blob_header(blob, 0)
+        if head is None or head[1] != store_id or head[3] != entry.stored_len:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: blob header damaged (pack {pack})")
+        try:
+            plain = self._codec.decode(store_id, head[0], head[2], memoryview(blob)[BLOB_HEADER.size :])
+        except BlobInvalid as exc:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: {exc} (pack {pack})") from None
+        if digest_of(plain) != digest:
+            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: content hash mismatch (pack {pack})")
+        return plain
+
+
+def _runs(items: list[tuple[BlobEntry, bytes]]) -> Iterator[list[tuple[BlobEntry, bytes]]]:
+    """Group blobs sorted by offset into ranges worth one read each."""
+    run: list[tuple[BlobEntry, bytes]] = []
+    for item in items:
+        if run and (item[0].offset - run[-1][0].end > _RUN_GAP or item[0].end - run[0][0].offset > _RUN_MAX):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
