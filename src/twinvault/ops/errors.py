@@ -299,6 +299,13 @@ INSTANT_NOT_VALID: Final = -1027
 IMAGE_NOT_FOUND: Final = -1029
 REPOSITORY_DAMAGED: Final = -1030
 STORE_EXISTS: Final = -1031
+# Mounts of a point in time (FUSE)
+MOUNTPOINT_NOT_DIRECTORY: Final = -1040
+MOUNTPOINT_NOT_EMPTY: Final = -1041
+MOUNTPOINT_BUSY: Final = -1042
+FUSE_UNAVAILABLE: Final = -1043
+NOT_A_MOUNT: Final = -1044
+MOUNT_FAILED: Final = -1045
 
 _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     UNKNOWN_HOST: "Unknown host: no cached login (run twinvault login first)",
@@ -326,6 +333,13 @@ _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     IMAGE_NOT_FOUND: "Image does not exist on this repository",
     REPOSITORY_DAMAGED: "Repository check found damaged data",
     STORE_EXISTS: "A chunk store already exists at that location",
+    MOUNTPOINT_NOT_DIRECTORY: "Mount point does not exist or is not a directory",
+    MOUNTPOINT_NOT_EMPTY: "Mount point is not an empty directory",
+    MOUNTPOINT_BUSY: "Mount point is busy: something is already mounted there",
+    FUSE_UNAVAILABLE: "FUSE is not available on the repository host "
+    "(install the Debian package fuse3 and the pip package pyfuse3)",
+    NOT_A_MOUNT: "Not a twinvault mount of this host",
+    MOUNT_FAILED: "The mount could not be started",
 }
 
 ERROR_CATALOG: Final[dict[int, str]] = {**_GUIDE_CATALOG, **_TWINVAULT_CATALOG}
