@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -207,3 +209,32 @@ def test_stats_report_dedup_and_compression(two_hosts: Hosts, tmp_path: Path) ->
     assert stats["dedup_ratio"] >= 1.9
     assert stats["compression_ratio"] > 3
     assert stats["stored_bytes"] < len(text) / 3
+
+
+def test_an_interrupted_restore_resumes_where_it_stopped(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(80):
+        (src / f"f{i:03d}.bin").write_bytes(os.urandom(1 << 20))
+    job, image = protect(console, alpha, beta, src)
+    settle(console, alpha, job, src, image)
+    out = tmp_path / "out"
+    env = {**os.environ, "TWINVAULT_CONFIG": str(console.config_dir)}
+    argv = [sys.executable, "-m", "twinvault.cli.main", "restore", "--repository", beta.api,
+            "--image", alpha.name, "--live", "--to", str(out), "--json"]  # fmt: skip
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        restored = in_image(out, src)
+        wait_for(lambda: restored.exists() and len(list(restored.glob("f*.bin"))) >= 20, 60, 0.01,
+                 what="a restore half done")  # fmt: skip
+    finally:
+        first.kill()
+        first.wait()
+    assert (out / ".twinvault-restore-state.json").exists()
+    again = console.json(
+        "restore", "--repository", beta.api, "--image", alpha.name, "--live", "--to", str(out)
+    )
+    assert again["resumed_after"] > 0 and again["failed"] == []  # did not start over
+    assert not (out / ".twinvault-restore-state.json").exists()
+    assert_trees_equal(str(src), str(restored))

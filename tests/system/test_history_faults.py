@@ -24,11 +24,10 @@ pytestmark = pytest.mark.system
 
 
 def packs(repo: TestHost) -> list[Path]:
-    found = [
-        p
-        for p in (repo.home / "repository").rglob("*")
-        if p.is_file() and "pack" in p.name.lower() and p.stat().st_size > 0
-    ]
+    """The repository's packs on its local backend (docs/chunkstore.md: packs/<id[:2]>/<id>),
+    largest first."""
+    found = [p for p in (repo.home / "repository" / "store" / "packs").rglob("*") if p.is_file()]
+    assert found, "no pack on the backend"
     return sorted(found, key=lambda p: p.stat().st_size, reverse=True)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -32,12 +31,6 @@ _STATUS = {
 def _error(exc: TwinvaultError) -> web.Response:
     status = _STATUS.get(exc.code, 400 if exc.code != errors.INTERNAL_ERROR else 500)
     return web.json_response(exc.to_json(), status=status)
-
-
-def _absolute(path: str) -> Path:
-    if not os.path.isabs(path):
-        raise TwinvaultError(errors.INVALID_ARGUMENT, f"target must be an absolute path: {path}")
-    return Path(path)
 
 
 def build_app(host: Host) -> web.Application:
@@ -153,19 +146,23 @@ def build_app(host: Host) -> web.Application:
     async def points(request: web.Request) -> web.Response:
         return web.json_response(await host.history.points(request.match_info["image"]))
 
-    async def restore(request: web.Request) -> web.Response:
+    async def point_stream(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         snapshot = body.get("snapshot")
-        return web.json_response(
-            await host.history.restore(
-                request.match_info["image"],
-                live=bool(body.get("live")),
-                snapshot=None if snapshot is None else int(snapshot),
-                at=body.get("at"),
-                includes=[os.fsencode(str(p)) for p in body.get("includes") or []],
-                target=_absolute(str(body["to"])),
-            )
+        batches = await host.history.point_stream(
+            request.match_info["image"],
+            live=bool(body.get("live")),
+            snapshot=None if snapshot is None else int(snapshot),
+            at=body.get("at"),
+            includes=[os.fsencode(str(p)) for p in body.get("includes") or []],
+            skip_through=int(body.get("skip_through") or 0),
         )
+        response = web.StreamResponse(headers={"Content-Type": "application/x-twinvault-frames"})
+        await response.prepare(request)
+        async for batch in batches:
+            await response.write(batch)
+        await response.write_eof()
+        return response
 
     async def prune(request: web.Request) -> web.Response:
         return web.json_response(await host.history.prune())
@@ -189,7 +186,7 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/events", events)
     r.add_get("/api/images", images)
     r.add_get("/api/images/{image}/points", points)
-    r.add_post("/api/images/{image}/restore", restore)
+    r.add_post("/api/images/{image}/stream", point_stream)
     r.add_post("/api/repository/prune", prune)
     r.add_post("/api/repository/check", check)
     r.add_get("/api/repository/stats", stats)

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,35 @@ class ApiClient:
             return self.call(method, path, body)
         finally:
             self.timeout = saved
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+        """POST and yield the response body as it arrives (a restore's frames); an error
+        answer is raised as the error it carries."""
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=None, context=client_context())
+        try:
+            try:
+                conn.connect()
+                check_pinned(conn.sock, self.fingerprint)
+                headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+                conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise TwinvaultError(errors.DAEMON_NOT_REACHABLE, f"{self.spec}: {exc}") from exc
+            if response.status != 200:
+                data = json.loads(response.read() or b"{}")
+                if isinstance(data, dict) and "error" in data:
+                    raise TwinvaultError.from_json(data)
+                raise TwinvaultError(errors.UNKNOWN_ERROR, f"{self.spec}: HTTP {response.status}")
+            while True:
+                try:
+                    piece = response.read1(1 << 20)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise TwinvaultError(errors.DAEMON_NOT_REACHABLE, f"{self.spec}: {exc}") from exc
+                if not piece:
+                    return
+                yield piece
+        finally:
+            conn.close()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
         conn = self._connect()

@@ -4,13 +4,35 @@ the repository's history seen from the console."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from twinvault.cli.client import ApiClient
 from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
+from twinvault.pit.restore import RestoreTarget, remove_temporaries
+from twinvault.pit.stream import END, POINT
+from twinvault.protocol import messages as m
+from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body
+from twinvault.repository.receiver import syncfs
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -67,15 +89,59 @@ def points(args: argparse.Namespace) -> int:
     return 0
 
 
+RESTORE_STATE = ".twinvault-restore-state.json"  # in --to while a restore is unfinished
+
+
 def restore(args: argparse.Namespace) -> int:
-    target = os.path.abspath(args.to)
+    """Restore onto this machine: the repository streams the point's ops, the applier
+    writes them. An interrupted restore resumes where it stopped when run again."""
+    target = Path(os.path.abspath(args.to))
     for path in args.include:
         if not path.startswith("/"):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"--include takes image paths (absolute): {path}")
-    reply = ApiClient.for_host(args.repository).call_long(
-        "POST",
-        f"/api/images/{args.image}/restore",
-        {"live": args.live, "snapshot": args.snapshot, "at": args.at, "includes": args.include, "to": target},
+    request = {
+        "repository": args.repository,
+        "image": args.image,
+        "live": args.live,
+        "snapshot": args.snapshot,
+        "at": args.at,
+        "includes": args.include,
+    }
+    skip = _resume_point(target, request)
+    if skip:
+        remove_temporaries(target)
+    client = ApiClient.for_host(args.repository)
+    frames = _frames(client.stream(f"/api/images/{args.image}/stream", {**request, "skip_through": skip}))
+    header = next(frames, None)
+    if header is None or header[0] != POINT:
+        raise TwinvaultError(errors.MALFORMED_FRAME, "the repository's stream did not start with a point")
+    writer = RestoreTarget(target)
+    trailer: dict[str, Any] | None = None
+    saved, saved_at = skip, time.monotonic()
+    try:
+        with _progress(int(header[1]["bytes"]), args.json) as advance:
+            for op in frames:
+                if op[0] == END:
+                    trailer = op[1]
+                    break
+                writer.apply(op)
+                advance(_data_bytes(op), writer.last_seq)
+                if writer.last_seq - saved >= 16 or time.monotonic() - saved_at > 1.0:
+                    _save_resume_point(target, request, writer.last_seq)
+                    saved, saved_at = writer.last_seq, time.monotonic()
+    finally:
+        writer.close()
+        if trailer is None and writer.last_seq:
+            _save_resume_point(target, request, writer.last_seq)
+    if trailer is None:
+        raise TwinvaultError(
+            errors.DAEMON_NOT_REACHABLE, f"{args.repository}: the restore was cut; run it again to resume"
+        )
+    (target / RESTORE_STATE).unlink(missing_ok=True)
+    failed = writer.failed + [{"path": os.fsdecode(p), "error": e} for p, e in trailer["damaged"]]
+    reply = {**{k: trailer[k] for k in ("files", "directories", "links", "bytes")}, "failed": failed}
+    reply.update(
+        {"image": args.image, "point": header[1]["point"], "target": str(target), "resumed_after": skip}
     )
     if args.json:
         emit_json(reply)
@@ -83,10 +149,64 @@ def restore(args: argparse.Namespace) -> int:
         console.print(
             f"restored {reply['files']} files ({human_bytes(reply['bytes'])}), {reply['directories']} "
             f"directories, {reply['links']} hard links of {args.image} at {reply['point']} into {target}"
+            + (f" (resumed after op {skip})" if skip else "")
         )
-        for failure in reply["failed"][:50]:
+        for failure in failed[:50]:
             console.print(f"  failed: {failure['path']}: {failure['error']}")
-    return 1 if reply["failed"] else 0
+    return 1 if failed else 0
+
+
+def _resume_point(target: Path, request: dict[str, Any]) -> int:
+    try:
+        saved = json.loads((target / RESTORE_STATE).read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(saved.get("last_seq", 0)) if saved.get("request") == request else 0
+
+
+def _save_resume_point(target: Path, request: dict[str, Any], last_seq: int) -> None:
+    """Record how far the restore got: only after the files written so far are on disk,
+    so a resume never skips a file a power cut took away."""
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+    write_private(target / RESTORE_STATE, json.dumps({"request": request, "last_seq": last_seq}).encode())
+
+
+def _frames(pieces: Iterator[bytes]) -> Iterator[list[Any]]:
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= 4:
+            (length,) = struct.unpack_from(">I", buffer)
+            if length > MAX_FRAME_BYTES:
+                raise TwinvaultError(errors.FRAME_TOO_LARGE, f"{length} bytes")
+            if len(buffer) < 4 + length:
+                break
+            yield decode_body(bytes(buffer[4 : 4 + length]))
+            del buffer[: 4 + length]
+
+
+def _data_bytes(op: list[Any]) -> int:
+    segments = op[5] if op[0] == m.FILE else op[2] if op[0] == m.FDATA else []
+    return sum(len(seg[2]) for seg in segments if seg[0] == m.SEG_DATA)
+
+
+@contextlib.contextmanager
+def _progress(total: int, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (CONTRACT: anything that may take more than a second)."""
+    if quiet:
+        yield lambda done, seq: None
+        return
+    bar = Progress(
+        TextColumn("restoring"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("restore", total=total or None)
+        yield lambda done, seq: bar.advance(task, done)
 
 
 def repo_check(args: argparse.Namespace) -> int:

@@ -13,8 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from twinvault.daemon.config import Home, HostConfig
@@ -22,7 +21,8 @@ from twinvault.daemon.history_setup import open_history
 from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.restore import resolve_point, restore
+from twinvault.pit.restore import resolve_point
+from twinvault.pit.stream import frame_batches
 from twinvault.repository import integrity, retention
 from twinvault.repository.catalog import open_catalog
 from twinvault.repository.history import SCHEDULED, USER_REQUEST, History
@@ -198,7 +198,7 @@ class HistoryService:
 
         return await asyncio.to_thread(read)
 
-    async def restore(
+    async def point_stream(
         self,
         image: str,
         *,
@@ -206,33 +206,58 @@ class HistoryService:
         snapshot: int | None,
         at: str | None,
         includes: list[bytes],
-        target: Path,
-    ) -> dict[str, Any]:
+        skip_through: int,
+    ) -> AsyncIterator[bytes]:
+        """The ops of a point in time as frame batches, for a restore on the console's
+        machine. The point is resolved first, so a bad one fails before any byte is sent."""
         history = await asyncio.to_thread(self.history)
         url = self._home.catalog_url(self._config)
-
-        def run() -> dict[str, Any]:
-            # Its own catalog connection: a long read must not hold the history lock.
-            catalog = open_catalog(url)
-            try:
-                t = resolve_point(catalog, image, live=live, snapshot=snapshot, at=at)
-                report = restore(catalog, history.store, image, t, includes, target, self._emit)
-            finally:
-                catalog.close()
-            totals = report.totals
-            return {
-                "image": image,
-                "point": "live" if t is None else iso_from_ns(t),
-                "target": str(target),
-                "files": totals.files,
-                "directories": totals.directories,
-                "links": totals.links,
-                "bytes": totals.file_bytes,
-                "failed": report.failed,
-            }
-
-        return await asyncio.to_thread(run)
+        catalog = await asyncio.to_thread(open_catalog, url)
+        try:
+            t = await asyncio.to_thread(resolve_point, catalog, image, live=live, snapshot=snapshot, at=at)
+        except BaseException:
+            catalog.close()
+            raise
+        batches = frame_batches(catalog, history.store, image, t, includes, skip_through)
+        return _in_thread(batches, on_close=catalog.close)
 
 
 def _snapshot_view(snap_id: int, t: int, kind: str, status: str) -> dict[str, Any]:
     return {"id": snap_id, "time": iso_from_ns(t), "type": kind, "status": status}
+
+
+async def _in_thread(batches: Iterator[bytes], on_close: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Run a blocking producer in a thread, a few batches ahead of the consumer (the
+    response's writes are the back-pressure)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if cancelled.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(ready.put(batch), loop).result()
+            asyncio.run_coroutine_threadsafe(ready.put(None), loop).result()
+        except BaseException as exc:  # handed to the consumer, which raises it
+            if not cancelled.is_set():
+                asyncio.run_coroutine_threadsafe(ready.put(exc), loop).result()
+        finally:
+            on_close()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            item = await ready.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancelled.set()
+        while not ready.empty():  # let a producer blocked on a full queue finish
+            ready.get_nowait()
+        with contextlib.suppress(Exception):
+            await worker

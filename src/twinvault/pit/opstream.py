@@ -58,13 +58,21 @@ def _within(path: bytes, root: bytes) -> bool:
 class PointInTimeStream:
     """Iterates ops for the image at one instant; ``totals`` counts what it produced."""
 
-    def __init__(self, store: ChunkStore, versions: Iterable[Version]) -> None:
+    def __init__(self, store: ChunkStore, versions: Iterable[Version], *, skip_through: int = 0) -> None:
+        """``skip_through``: ops up to that sequence number were applied by an earlier,
+        interrupted run (the stream is deterministic for one point): not sent again."""
         self._store = store
         self._versions = versions
         self._seq = 0
+        self._skip = skip_through
         self.totals = StreamTotals()
 
     def __iter__(self) -> Iterator[list[Any]]:
+        for op in self._ops():
+            if op[1] > self._skip:
+                yield op
+
+    def _ops(self) -> Iterator[list[Any]]:
         linked: dict[bytes, bytes] = {}  # hard-link group -> the first name written
         directories: list[Version] = []
         for version in self._versions:
@@ -104,11 +112,14 @@ class PointInTimeStream:
     def _file(self, version: Version) -> Iterator[list[Any]]:
         meta = unpack_meta(version.meta).to_wire()
         pieces = unpack_chunks(version.content)
+        seq = self._next()
+        if seq <= self._skip:
+            yield [m.MARK, seq, "skipped"]  # done by an earlier run: no chunk is read
+            return
         if version.size <= SMALL_FILE:
             segments = self._segments(pieces)  # before the op: a damaged chunk sends nothing
-            yield [m.FILE, self._next(), version.path, version.size, b"", segments, meta]
+            yield [m.FILE, seq, version.path, version.size, b"", segments, meta]
             return
-        seq = self._next()
         yield [m.FBEGIN, seq, version.path, version.size, b""]
         for window in _windows(pieces):
             yield [m.FDATA, seq, self._segments(window)]

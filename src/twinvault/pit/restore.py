@@ -9,6 +9,8 @@ Restored paths keep the image's shape: ``/srv/a.txt`` lands at ``target/srv/a.tx
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from twinvault.repository.applier import Applier
 from twinvault.repository.catalog import Catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.repository.image_index import ImageIndex
-from twinvault.repository.image_tree import ImageTree
+from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.timefmt import iso_from_ns, ns_from_iso
 
 
@@ -57,6 +59,52 @@ def resolve_point(
     return t
 
 
+def remove_temporaries(target: Path) -> int:
+    """Temporary files an interrupted restore left (a file being written when it was
+    killed); removed before a resume. Symlinks are never followed."""
+    removed = 0
+    for directory, dirs, files in os.walk(target):
+        for name in files + dirs:
+            if name.startswith(TEMP_PREFIX):
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed += 1
+        dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+    return removed
+
+
+class RestoreTarget:
+    """The applier writing into a local directory: where a point in time's ops land."""
+
+    def __init__(self, target: Path, emit: Any = lambda *a, **k: None) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self._scratch = tempfile.TemporaryDirectory(prefix="twinvault-restore-")
+        self._tree = ImageTree(target)
+        self._index = ImageIndex(Path(self._scratch.name) / "index.sqlite")
+        self._applier = Applier(self._tree, self._index, emit, retry_limit=0)
+        self.failed: list[dict[str, Any]] = []
+        self.last_seq = 0  # the last op applied whole (a file counts at its end)
+
+    def apply(self, op: list[Any]) -> None:
+        outcome = self._applier.apply(op)
+        if outcome is None:
+            return
+        self.last_seq = outcome.seq
+        if outcome.status not in ("ok", "skipped"):
+            self.failed.append(
+                {"path": outcome.path.decode("utf-8", "surrogateescape"), "error": outcome.message}
+            )
+
+    def close(self) -> None:
+        self._applier.abort_transfer()
+        self._index.close()
+        self._tree.close()
+        self._scratch.cleanup()
+
+
 def restore(
     catalog: Catalog,
     store: ChunkStore,
@@ -66,24 +114,17 @@ def restore(
     target: Path,
     emit: Any = lambda *a, **k: None,
 ) -> RestoreReport:
-    target.mkdir(parents=True, exist_ok=True)
+    """Restore in this process (the repository's own disk, or tests)."""
     stream = PointInTimeStream(store, versions_for(catalog, image, t, includes))
     report = RestoreReport(stream.totals)
-    with tempfile.TemporaryDirectory(prefix="twinvault-restore-") as scratch:
-        tree = ImageTree(target)
-        index = ImageIndex(Path(scratch) / "index.sqlite")
-        applier = Applier(tree, index, emit, retry_limit=0)
-        try:
-            for op in stream:
-                outcome = applier.apply(op)
-                if outcome is not None and outcome.status != "ok" and outcome.status != "skipped":
-                    report.failed.append(
-                        {"path": outcome.path.decode("utf-8", "surrogateescape"), "error": outcome.message}
-                    )
-        finally:
-            applier.abort_transfer()
-            index.close()
-            tree.close()
-    for path, message in stream.totals.damaged:
-        report.failed.append({"path": path.decode("utf-8", "surrogateescape"), "error": message})
+    writer = RestoreTarget(target, emit)
+    try:
+        for op in stream:
+            writer.apply(op)
+    finally:
+        writer.close()
+    report.failed = writer.failed + [
+        {"path": path.decode("utf-8", "surrogateescape"), "error": message}
+        for path, message in stream.totals.damaged
+    ]
     return report

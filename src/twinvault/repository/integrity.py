@@ -55,7 +55,9 @@ def check(history: History, *, image: str | None = None, read_data: bool = False
     result = CheckResult(read_data, report.checked_chunks, len(report.missing), len(report.corrupt))
     result.problems = list(report.problems[:DAMAGE_LISTED])
     if bad:
-        for image_name, version in history.catalog.versions_referencing(bad, image):
+        with history.lock:  # the catalog is one connection, shared with the writers
+            damaged = list(history.catalog.versions_referencing(bad, image))
+        for image_name, version in damaged:
             result.damaged_versions += 1
             if len(result.damaged) < DAMAGE_LISTED:
                 result.damaged.append(
