@@ -238,3 +238,33 @@ def test_an_interrupted_restore_resumes_where_it_stopped(two_hosts: Hosts, tmp_p
     assert again["resumed_after"] > 0 and again["failed"] == []  # did not start over
     assert not (out / ".twinvault-restore-state.json").exists()
     assert_trees_equal(str(src), str(restored))
+
+
+def test_schedules_are_disabled_enabled_and_snapshots_deleted(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    job, image = protect(console, alpha, beta, src, extra=("--snapshot-every", "1s"))
+    settle(console, alpha, job, src, image)
+
+    def scheduled() -> list[dict[str, Any]]:
+        return [s for s in points(console, beta, alpha.name)["snapshots"] if s["type"] == "Scheduled"]
+
+    wait_for(lambda: len(scheduled()) >= 1, 15, what="a scheduled snapshot")
+    off = console.json("job", "schedule", job, "--disable", "--server", alpha.api)  # asks the repository
+    assert off["enabled"] is False and 4407 in event_ids(beta)
+    count = len(scheduled())
+    time.sleep(2.5)
+    assert len(scheduled()) == count
+    on = console.json("job", "schedule", job, "--enable", "--every", "2s", "--server", beta.api)
+    assert on["enabled"] and on["every_s"] == 2 and on["next"]
+    assert {4406, 4404} <= set(event_ids(beta))
+    wait_for(lambda: len(scheduled()) > count, 15, what="snapshots again")
+
+    first = scheduled()[0]["id"]
+    console.json("snapshot", "delete", str(first), "--repository", beta.api, "--image", alpha.name)
+    assert first not in [s["id"] for s in points(console, beta, alpha.name)["snapshots"]]
+    assert console.refused("snapshot", "delete", str(first), "--repository", beta.api, "--image",
+                           alpha.name) == -2403  # fmt: skip
+    assert console.refused("job", "schedule", job, "--every", "soon", "--server", beta.api) == -139

@@ -599,6 +599,19 @@ def test_snapshots_are_numbered_per_image_and_found_by_id(catalog: Catalog) -> N
     assert "3" in e.value.detail
 
 
+def test_a_deleted_snapshot_no_longer_pins_its_versions(catalog: Catalog) -> None:
+    put_file(catalog, b"/f", 10, meta=b"a", content=chunks(digest(1)))
+    snap = catalog.add_snapshot(IMG, 15, USER_REQUEST)
+    put_file(catalog, b"/f", 20, meta=b"b", content=chunks(digest(2)))
+    catalog.delete_snapshot(IMG, snap.id)
+    assert catalog.snapshots(IMG) == []
+    assert catalog.prune(IMG, 30) == 1
+    assert catalog.referenced_digests() == {digest(2)}
+    with expect_error(errors.SNAPSHOT_NOT_FOUND):
+        catalog.delete_snapshot(IMG, snap.id)
+    assert catalog.add_snapshot(IMG, 40, USER_REQUEST).id == snap.id + 1  # ids are never reused
+
+
 def test_a_snapshot_of_an_unknown_type_or_status_is_refused(catalog: Catalog) -> None:
     with pytest.raises(ValueError):
         catalog.add_snapshot(IMG, 1, "Nightly")

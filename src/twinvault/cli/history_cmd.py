@@ -54,6 +54,16 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=restore)
 
+    snap = sub.add_parser("snapshot", help="snapshots of an image").add_subparsers(
+        dest="snapshot_action", required=True
+    )
+    p = snap.add_parser("delete", help="delete a snapshot (its versions go at the next prune)")
+    p.add_argument("snapshot", type=int, metavar="ID")
+    p.add_argument("--repository", default="localhost")
+    p.add_argument("--image", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=snapshot_delete)
+
     repo = sub.add_parser("repo", help="repository history").add_subparsers(dest="repo_action", required=True)
     p = repo.add_parser("check", help="verify every reference (and with --read-data every chunk)")
     p.add_argument("--repository", default="localhost")
@@ -207,6 +217,17 @@ def _progress(total: int, quiet: bool) -> Iterator[Callable[[int, int], None]]:
     with bar:
         task = bar.add_task("restore", total=total or None)
         yield lambda done, seq: bar.advance(task, done)
+
+
+def snapshot_delete(args: argparse.Namespace) -> int:
+    reply = ApiClient.for_host(args.repository).call(
+        "DELETE", f"/api/images/{args.image}/snapshots/{args.snapshot}"
+    )
+    if args.json:
+        emit_json(reply)
+    else:
+        console.print(f"snapshot {args.snapshot} of {args.image} deleted")
+    return 0
 
 
 def repo_check(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ from twinvault.cli.output import console, emit_json, human_bytes, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
+from twinvault.repository.snapshots import parse_duration
+from twinvault.timefmt import ns_from_iso
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -37,6 +39,17 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
             p.add_argument("--checksum", action="store_true")
             p.add_argument("--remirror", action="store_true")
         p.set_defaults(func=job_action)
+
+    p = job.add_parser("schedule", help="change, enable or disable a job's scheduled snapshots")
+    p.add_argument("job")
+    p.add_argument("--server", default="localhost")
+    p.add_argument("--every", metavar="DURATION", help="90s, 15m, 1h, 1d")
+    p.add_argument("--start", metavar="TIME", help="the first one (ISO 8601)")
+    on_off = p.add_mutually_exclusive_group()
+    on_off.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    on_off.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=job_schedule)
 
     p = job.add_parser("forget", help="stop monitoring a job (it keeps running)")
     p.add_argument("job")
@@ -193,6 +206,26 @@ def job_action(args: argparse.Namespace) -> int:
         console.print(f"job {args.job}: {args.action} done")
     if args.action == "verify" and not args.remirror and (reply["difference_count"] or reply["orphan_count"]):
         return 3  # like diff(1): the comparison found differences
+    return 0
+
+
+def job_schedule(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"enabled": args.enabled}
+    if args.every:
+        try:
+            body["every_s"] = parse_duration(args.every)
+        except ValueError as exc:
+            raise TwinvaultError(errors.SCHEDULE_INVALID, f"--every {args.every}") from exc
+    if args.start:
+        body["start"] = ns_from_iso(args.start) / 1e9
+    client = _repository_of(ApiClient.for_host(args.server), args.job)
+    reply = client.call("POST", f"/api/jobs/{args.job}/schedule", body)
+    if args.json:
+        emit_json(reply)
+    elif reply["enabled"] and reply["next"]:
+        console.print(f"job {args.job}: a snapshot every {reply['every_s']:g} s, next at {reply['next']}")
+    else:
+        console.print(f"job {args.job}: scheduled snapshots {'on' if reply['enabled'] else 'off'}")
     return 0
 
 

@@ -101,11 +101,37 @@ class HistoryService:
             self._emit(ev.SNAPSHOT_SCHEDULE_REMOVED, **self._fields(job))
 
     def _load_schedule(self, job: ImageJob) -> bool:
-        if job.snapshot_every_s <= 0:
+        self._schedules.pop(job.job_id, None)
+        if job.snapshot_every_s <= 0 or not job.snapshot_schedule_enabled:
             return False
         start = job.snapshot_start or job.created
         self._schedules[job.job_id] = SnapshotSchedule(job.snapshot_every_s, start)
         return True
+
+    def schedule_changed(self, job: ImageJob, *, was_enabled: bool, interval_changed: bool) -> None:
+        """The job's schedule was edited (``job schedule``): events 4404/4406/4407."""
+        running = self._load_schedule(job)
+        if was_enabled and not job.snapshot_schedule_enabled:
+            self._emit(ev.SNAPSHOT_SCHEDULE_DISABLED, **self._fields(job))
+        elif not was_enabled and job.snapshot_schedule_enabled:
+            self._emit(ev.SNAPSHOT_SCHEDULE_ENABLED, **self._fields(job))
+        if running and interval_changed:
+            schedule = self._schedules[job.job_id]
+            self._emit(
+                ev.SNAPSHOT_SCHEDULE_SET,
+                **self._fields(job),
+                minutes=f"{schedule.every_s / 60:g}",
+                next=iso_from_ns(int(schedule.next_due * 1e9)),
+            )
+
+    def schedule_view(self, job: ImageJob) -> dict[str, Any]:
+        schedule = self._schedules.get(job.job_id)
+        return {
+            "job": job.job_id,
+            "every_s": job.snapshot_every_s,
+            "enabled": job.snapshot_schedule_enabled,
+            "next": None if schedule is None else iso_from_ns(int(schedule.next_due * 1e9)),
+        }
 
     def _fields(self, job: ImageJob) -> dict[str, Any]:
         return {"source": job.source_name, "address": job.peer or job.source_name, "job": job.job_id}
@@ -154,6 +180,15 @@ class HistoryService:
         view = _snapshot_view(snap.id, snap.time, snap.type, snap.status)
         self._emit(ev.SNAPSHOT_TAKEN, snapshot=snap.id, type=kind, image=job.image_name, time=view["time"])
         return {"image": job.image_name, **view}
+
+    async def delete_snapshot(self, image: str, snapshot_id: int) -> dict[str, Any]:
+        history = await asyncio.to_thread(self.history)
+        try:
+            await asyncio.to_thread(history.delete_snapshot, image, snapshot_id)
+        except OSError as exc:
+            self._emit(ev.SNAPSHOT_DELETE_FAILED, source=image, address=image, job=image, error=str(exc))
+            raise
+        return {"image": image, "deleted": snapshot_id}
 
     async def points(self, image: str) -> dict[str, Any]:
         history = await asyncio.to_thread(self.history)

@@ -24,6 +24,7 @@ from typing import Any
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService
+from twinvault.daemon.mount_service import MountService
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
@@ -51,6 +52,7 @@ class Host:
         self._peer_server: asyncio.AbstractServer | None = None
         self.started = time.time()
         self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
+        self.mounts = MountService(home, self.config, self.history)
 
     def emit(self, event_id: int, **fields: Any) -> None:
         self.events.emit(event_id, **fields)
@@ -62,6 +64,7 @@ class Host:
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
         await self.history.start()
+        await self.mounts.start()
         self._peer_server = await asyncio.start_server(
             self._on_peer,
             self.config.bind_address,
@@ -92,6 +95,7 @@ class Host:
                 image_job.session.replace()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(image_job.session.finished.wait(), 30)
+        await self.mounts.stop()
         await self.history.stop()
         self.emit(ev.SOURCE_STOPPED)
         self.emit(ev.TARGET_STOPPED)
@@ -175,6 +179,31 @@ class Host:
             "image_location": str(image_root),
             "name": self.config.name,
         }
+
+    def set_snapshot_schedule(
+        self, job_id: str, *, enabled: bool | None, every_s: float | None, start: float | None
+    ) -> dict[str, Any]:
+        job = self.image_jobs.get(job_id)
+        if job is None:
+            raise TwinvaultError(errors.JOB_NOT_FOUND, f"{job_id} (ask the job's repository)")
+        if (every_s is not None and every_s <= 0) or (start is not None and start < 0):
+            raise TwinvaultError(
+                errors.SCHEDULE_INVALID, "the interval must be > 0 and the start a valid time"
+            )
+        was_enabled = job.snapshot_schedule_enabled and job.snapshot_every_s > 0
+        if every_s is not None:
+            job.snapshot_every_s = every_s
+        if start is not None:
+            job.snapshot_start = start
+        if enabled is not None:
+            job.snapshot_schedule_enabled = enabled
+        if job.snapshot_every_s <= 0 and job.snapshot_schedule_enabled and enabled:
+            raise TwinvaultError(errors.SCHEDULE_INVALID, "the job has no snapshot interval: give --every")
+        write_private(self.home.repository_jobs / f"{job_id}.json", json.dumps(job.to_json()).encode())
+        self.history.schedule_changed(
+            job, was_enabled=was_enabled, interval_changed=every_s is not None or start is not None
+        )
+        return self.history.schedule_view(job)
 
     def forget_image_job(self, job_id: str) -> None:
         job = self.image_jobs.pop(job_id, None)

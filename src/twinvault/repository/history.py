@@ -49,6 +49,7 @@ DELETE: Final = "delete"
 RENAME: Final = "rename"
 RANGE: Final = "range"
 SNAPSHOT: Final = "snapshot"
+UNSNAPSHOT: Final = "unsnapshot"
 IMAGE: Final = "image"
 PRUNE: Final = "prune"
 
@@ -280,6 +281,12 @@ class History:
                     return snap
         raise TwinvaultError(errors.INTERNAL_ERROR, f"snapshot of {image} at {t} not in the catalog")
 
+    def delete_snapshot(self, image: str, snapshot_id: int) -> None:
+        with self.lock:
+            self.catalog.snapshot(image, snapshot_id)  # SNAPSHOT_NOT_FOUND before journalling
+            self.record(UNSNAPSHOT, image, snapshot_id)
+            self.commit()
+
     def close(self, upload_timeout: float = 10.0) -> None:
         """Clean stop: everything committed, the open pack sealed and, where the backend
         answers, uploaded (what is not waits in the state dir for the next start)."""
@@ -321,6 +328,8 @@ def apply_record(catalog: Catalog, rec: list[Any]) -> None:
             catalog.close_range(image, t)
     elif kind == SNAPSHOT:
         catalog.add_snapshot(image, t, rec[3])
+    elif kind == UNSNAPSHOT:
+        catalog.delete_snapshot(image, int(rec[3]))
     elif kind == IMAGE:
         catalog.ensure_image(image, None if rec[3] is None else float(rec[3]))
     elif kind == PRUNE:

@@ -63,6 +63,7 @@ class ImageJob:
     cdp_days: float = 0.0  # continuous data protection window; 0 = live + snapshots only
     snapshot_every_s: float = 0.0  # 0 = no scheduled snapshots
     snapshot_start: float = 0.0  # epoch seconds of the first one; 0 = when the job was created
+    snapshot_schedule_enabled: bool = True
     connected: bool = False
     peer: str = ""
     session: Any = None  # the live Session, replaced when the source reconnects
@@ -83,6 +84,7 @@ class ImageJob:
             "cdp_days": self.cdp_days,
             "snapshot_every_s": self.snapshot_every_s,
             "snapshot_start": self.snapshot_start,
+            "snapshot_schedule_enabled": self.snapshot_schedule_enabled,
         }
 
 

@@ -316,6 +316,15 @@ class Catalog(CatalogDatabase):
         )
         return Snapshot(image, snapshot_id, t, type, status)
 
+    @write
+    def delete_snapshot(self, image: str, id: int) -> None:
+        """Unpin a snapshot: its versions go at the next prune unless still in the window."""
+        image_id = self._writable_image_id(image)
+        row = self._one("SELECT id FROM snapshots WHERE image_id = ? AND id = ?", (image_id, id))
+        if row is None:
+            raise TwinvaultError(errors.SNAPSHOT_NOT_FOUND, f"snapshot {id} of image {image}")
+        self._run("DELETE FROM snapshots WHERE image_id = ? AND id = ?", (image_id, id))
+
     # -- reads ---------------------------------------------------------------------------
 
     @read
