@@ -173,6 +173,25 @@ def build_app(host: Host) -> web.Application:
         await response.write_eof()
         return response
 
+    async def mount(request: web.Request) -> web.Response:
+        body = await request.json()
+        snapshot = body.get("snapshot")
+        return web.json_response(
+            await host.mounts.mount(
+                str(body["image"]),
+                live=bool(body.get("live")),
+                snapshot=None if snapshot is None else int(snapshot),
+                at=body.get("at"),
+                mountpoint=str(body["mountpoint"]),
+            )
+        )
+
+    async def mounts(request: web.Request) -> web.Response:
+        return web.json_response({"mounts": host.mounts.mounts()})
+
+    async def umount(request: web.Request) -> web.Response:
+        return web.json_response(await host.mounts.umount(request.query["mountpoint"]))
+
     async def delete_snapshot(request: web.Request) -> web.Response:
         image, snapshot = request.match_info["image"], int(request.match_info["snapshot"])
         return web.json_response(await host.history.delete_snapshot(image, snapshot))
@@ -201,6 +220,9 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/images/{image}/points", points)
     r.add_post("/api/images/{image}/stream", point_stream)
     r.add_delete("/api/images/{image}/snapshots/{snapshot}", delete_snapshot)
+    r.add_post("/api/mounts", mount)
+    r.add_get("/api/mounts", mounts)
+    r.add_delete("/api/mounts", umount)
     r.add_post("/api/repository/prune", prune)
     r.add_post("/api/repository/check", check)
     r.add_get("/api/repository/stats", stats)

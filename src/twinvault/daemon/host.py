@@ -24,6 +24,7 @@ from typing import Any
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService
+from twinvault.daemon.mount_service import MountService
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
@@ -51,6 +52,7 @@ class Host:
         self._peer_server: asyncio.AbstractServer | None = None
         self.started = time.time()
         self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
+        self.mounts = MountService(home, self.config, self.history)
 
     def emit(self, event_id: int, **fields: Any) -> None:
         self.events.emit(event_id, **fields)
@@ -62,6 +64,7 @@ class Host:
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
         await self.history.start()
+        await self.mounts.start()
         self._peer_server = await asyncio.start_server(
             self._on_peer,
             self.config.bind_address,
@@ -92,6 +95,7 @@ class Host:
                 image_job.session.replace()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(image_job.session.finished.wait(), 30)
+        await self.mounts.stop()
         await self.history.stop()
         self.emit(ev.SOURCE_STOPPED)
         self.emit(ev.TARGET_STOPPED)

@@ -1,0 +1,401 @@
+"""The repository role's mounts: each point in time served by its own FUSE child process.
+
+pyfuse3 serves one filesystem per process, so ``twinvault mount`` asks the daemon, which
+checks the request (FUSE present, image, point, mount point), freezes the instant and
+starts ``python -m twinvault.daemon.mount_service SPEC`` in its own session. The child
+opens its own catalog connection and a read-only view of the chunk store
+(`ChunkStore.open_reader`: the daemon holds the store's lock), mounts, and says so on
+its stdout (``{"ready": true}`` or ``{"error": ...}``); its log goes to
+``repository/mounts/ID.log``.
+
+Each mount is recorded in ``repository/mounts/ID.json`` (id, pid, mount point, image,
+instant) while it lives. A child is stopped by SIGTERM to its process group (it unmounts
+on the way out: lazily, as root, so a busy mount point never keeps it alive); one that
+dies on its own leaves "Transport endpoint is not connected", which the daemon cleans
+with ``fusermount3 -u -z`` as soon as it sees the exit. At daemon shutdown every mount is
+stopped; after a crash of the daemon, the next start stops the children it left behind
+(checked by their command line, so a reused pid is never signalled) and cleans their
+mount points.
+
+``--live`` mounts the live data as of the moment of the mount: history is committed and
+the next instant is taken under the history lock, so every record before it is in the
+catalog and none after it is shown. A mount never changes under its readers; mount again
+to see later data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from twinvault.daemon.config import Home, HostConfig, load_config
+from twinvault.daemon.history_service import HistoryService
+from twinvault.daemon.history_setup import open_backend
+from twinvault.durable import write_private
+from twinvault.ops import errors
+from twinvault.ops.errors import TwinvaultError
+from twinvault.pit.restore import resolve_point
+from twinvault.repository.catalog import open_catalog
+from twinvault.timefmt import iso_from_ns
+
+log = logging.getLogger(__name__)
+
+FUSE_DEVICE: Final = Path("/dev/fuse")
+START_TIMEOUT: Final = 120.0  # opening the catalog and reading link counts of a big image
+STOP_TIMEOUT: Final = 10.0
+_CHILD_MODULE: Final = "twinvault.daemon.mount_service"
+
+
+@dataclass(frozen=True)
+class MountRecord:
+    id: str
+    pid: int
+    mountpoint: str
+    image: str
+    point: str  # "live", "snapshot N" or the instant asked for
+    t: int  # the instant served, ns
+    started: float
+
+    def view(self) -> dict[str, Any]:
+        return {**asdict(self), "time": iso_from_ns(self.t)}
+
+
+def check_fuse(device: Path = FUSE_DEVICE) -> str:
+    """The path of fusermount3; FUSE_UNAVAILABLE naming everything that is missing."""
+    missing = []
+    if not device.exists():
+        missing.append(f"{device} does not exist (no FUSE in this kernel or container)")
+    fusermount = shutil.which("fusermount3")
+    if fusermount is None:
+        missing.append("fusermount3 is not installed (Debian package fuse3)")
+    try:
+        importlib.import_module("pyfuse3")
+    except ImportError as exc:
+        missing.append(f"pyfuse3 cannot be imported: {exc} (pip install 'twinvault[mount]')")
+    if missing or fusermount is None:
+        raise TwinvaultError(errors.FUSE_UNAVAILABLE, "; ".join(missing))
+    return fusermount
+
+
+def mounted_paths() -> set[str]:
+    """Every mount point of this mount namespace, from /proc/self/mountinfo (unlike
+    os.path.ismount, it also sees a dead FUSE mount, whose lstat fails)."""
+    found = set()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = line.split(" ")[4]
+            for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+                point = point.replace(escaped, plain)
+            found.add(point)
+    return found
+
+
+def _absolute(path: str) -> str:
+    if not os.path.isabs(path):
+        raise TwinvaultError(errors.INVALID_ARGUMENT, f"a mount point is an absolute path: {path}")
+    return os.path.normpath(path)
+
+
+def check_mountpoint(path: str) -> str:
+    """The mount point's real path if it is an existing, empty directory nothing is
+    mounted on; MOUNTPOINT_NOT_DIRECTORY, MOUNTPOINT_BUSY or MOUNTPOINT_NOT_EMPTY."""
+    path = _absolute(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TwinvaultError(errors.MOUNTPOINT_NOT_DIRECTORY, f"{path} does not exist") from None
+    except OSError as exc:  # ENOTCONN: a FUSE server died and left its mount behind
+        raise TwinvaultError(
+            errors.MOUNTPOINT_BUSY, f"{path}: {exc.strerror} (a dead mount? fusermount3 -u {path})"
+        ) from None
+    real = os.path.realpath(path)
+    if real in mounted_paths():
+        raise TwinvaultError(errors.MOUNTPOINT_BUSY, f"{real} is a mount point")
+    if not stat.S_ISDIR(st.st_mode):
+        raise TwinvaultError(errors.MOUNTPOINT_NOT_DIRECTORY, f"{path} is not a directory")
+    if os.listdir(real):
+        raise TwinvaultError(errors.MOUNTPOINT_NOT_EMPTY, real)
+    return real
+
+
+class MountService:
+    def __init__(self, home: Home, config: HostConfig, history: HistoryService) -> None:
+        self._home = home
+        self._config = config
+        self._history = history
+        self._dir = home.root / "repository" / "mounts"
+        self._records: dict[str, MountRecord] = {}  # by mount point
+        self._children: dict[str, asyncio.subprocess.Process] = {}  # by mount id
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Stop what a previous run of the daemon left mounted (it crashed, or was killed)."""
+        if not self._dir.exists():
+            return
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                record = MountRecord(**json.loads(path.read_bytes()))
+            except (ValueError, TypeError) as exc:
+                log.warning("mount record %s unreadable (%s): removed", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            log.warning("cleaning mount %s of %s left by an earlier run", record.mountpoint, record.image)
+            await asyncio.to_thread(_stop_orphan, record)
+            await self._cleaned(record)
+
+    async def stop(self) -> None:
+        async with self._lock:
+            for record in list(self._records.values()):
+                await self._stop(record)
+
+    # -- console operations --------------------------------------------------------------
+
+    def mounts(self) -> list[dict[str, Any]]:
+        return [r.view() for r in sorted(self._records.values(), key=lambda r: r.mountpoint)]
+
+    async def mount(
+        self, image: str, *, live: bool, snapshot: int | None, at: str | None, mountpoint: str
+    ) -> dict[str, Any]:
+        await asyncio.to_thread(check_fuse)
+        t = await self._instant(image, live=live, snapshot=snapshot, at=at)
+        point = "live" if live else f"snapshot {snapshot}" if snapshot is not None else str(at)
+        async with self._lock:
+            real = await asyncio.to_thread(check_mountpoint, mountpoint)
+            record = await self._start_child(image, point, t, real)
+            self._records[real] = record
+        return record.view()
+
+    async def umount(self, mountpoint: str) -> dict[str, Any]:
+        mountpoint = _absolute(mountpoint)
+        async with self._lock:
+            record = self._records.get(mountpoint) or self._records.get(os.path.realpath(mountpoint))
+            if record is None:
+                mine = ", ".join(sorted(self._records)) or "none"
+                raise TwinvaultError(errors.NOT_A_MOUNT, f"{mountpoint} (twinvault mounts here: {mine})")
+            await self._stop(record)
+        return {**record.view(), "unmounted": True}
+
+    # -- the instant ---------------------------------------------------------------------
+
+    async def _instant(self, image: str, *, live: bool, snapshot: int | None, at: str | None) -> int:
+        history = await asyncio.to_thread(self._history.history)
+        url = self._home.catalog_url(self._config)
+
+        def resolve() -> int:
+            catalog = open_catalog(url)  # its own connection, as restore's
+            try:
+                t = resolve_point(catalog, image, live=live, snapshot=snapshot, at=at)
+            finally:
+                catalog.close()
+            if t is not None:
+                return t
+            with history.lock:  # live: freeze it (see the module's docstring)
+                history.commit()
+                return history.now()
+
+        return await asyncio.to_thread(resolve)
+
+    # -- children ------------------------------------------------------------------------
+
+    async def _start_child(self, image: str, point: str, t: int, mountpoint: str) -> MountRecord:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        mount_id = secrets.token_hex(6)
+        spec = {
+            "id": mount_id,
+            "home": str(self._home.root),
+            "image": image,
+            "t": t,
+            "mountpoint": mountpoint,
+        }
+        log_path = self._dir / f"{mount_id}.log"
+        with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                _CHILD_MODULE,
+                json.dumps(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        reply = _parse_reply(line)
+        if reply.get("ready") is not True:
+            await _end(proc)
+            await asyncio.to_thread(_unmount, mountpoint)
+            tail = log_path.read_text(errors="replace")[-1500:].strip()
+            log_path.unlink(missing_ok=True)
+            if "error" in reply:
+                raise TwinvaultError.from_json(reply)
+            raise TwinvaultError(
+                errors.MOUNT_FAILED, f"{mountpoint}: {tail or 'the mount process gave no answer'}"
+            )
+        record = MountRecord(mount_id, proc.pid, mountpoint, image, point, t, time.time())
+        write_private(self._dir / f"{mount_id}.json", json.dumps(asdict(record)).encode())
+        self._children[mount_id] = proc
+        watcher = asyncio.create_task(self._watch(record, proc))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("mounted %s at %s (%s) in process %d", image, mountpoint, point, proc.pid)
+        return record
+
+    async def _watch(self, record: MountRecord, proc: asyncio.subprocess.Process) -> None:
+        """A child that exits while its mount is recorded died on its own (killed, or
+        unmounted from outside): clean its mount point and forget it."""
+        code = await proc.wait()
+        async with self._lock:
+            if self._records.get(record.mountpoint) is not record:
+                return  # stopped by us
+            log.warning("mount process %d of %s exited (%s): cleaning", proc.pid, record.mountpoint, code)
+            await self._cleaned(record)
+
+    async def _stop(self, record: MountRecord) -> None:
+        proc = self._children.get(record.id)
+        if proc is not None:
+            await _end(proc)
+        else:
+            await asyncio.to_thread(_stop_orphan, record)
+        await self._cleaned(record)
+        log.info("unmounted %s from %s", record.image, record.mountpoint)
+
+    async def _cleaned(self, record: MountRecord) -> None:
+        """The child is gone: make sure nothing is left mounted, forget the record."""
+        await asyncio.to_thread(_unmount, record.mountpoint)
+        self._records.pop(record.mountpoint, None)
+        self._children.pop(record.id, None)
+        (self._dir / f"{record.id}.json").unlink(missing_ok=True)
+        (self._dir / f"{record.id}.log").unlink(missing_ok=True)
+
+
+def _parse_reply(line: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(line) if line.strip() else {}
+    except ValueError:
+        return {}
+    return reply if isinstance(reply, dict) else {}
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the child's process group, SIGKILL if it does not go; reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def _is_our_child(record: MountRecord) -> bool:
+    """The pid still runs this mount's child (not a stranger that reused the pid)."""
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return _CHILD_MODULE.encode() in cmdline and f'"id": "{record.id}"'.encode() in cmdline
+
+
+def _stop_orphan(record: MountRecord) -> None:
+    """Stop a child this daemon did not start (a previous run's): by pid, once checked."""
+    if not _is_our_child(record):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _is_our_child(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _is_our_child(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGKILL)
+
+
+def _unmount(mountpoint: str) -> None:
+    """Detach whatever is still mounted there (a dead FUSE mount included)."""
+    if mountpoint not in mounted_paths():
+        return
+    fusermount = shutil.which("fusermount3") or "fusermount3"
+    done = subprocess.run([fusermount, "-u", "-z", mountpoint], capture_output=True, text=True)
+    if done.returncode != 0 and mountpoint in mounted_paths():
+        log.error("could not unmount %s: %s", mountpoint, done.stderr.strip())
+
+
+# -- the child ---------------------------------------------------------------------------
+
+
+def _serve_mount(spec: dict[str, Any], reply: Any) -> None:
+    """In the child: open catalog and store read-only, build the filesystem, serve it."""
+    from twinvault.pit.chunk_cache import ChunkCache
+    from twinvault.pit.instant_tree import InstantTree
+    from twinvault.pit.mount import PointInTimeFs, serve
+    from twinvault.repository.chunkstore import ChunkStore
+
+    home = Home(Path(spec["home"]))
+    config = load_config(home)
+    passphrase = (
+        Path(config.store.passphrase_file).read_text().strip() if config.store.passphrase_file else None
+    )
+    key_file = Path(config.store.key_file) if config.store.key_file else None
+    catalog = open_catalog(home.catalog_url(config))
+    store = ChunkStore.open_reader(
+        home.history_dir / "store", open_backend(home, config), passphrase=passphrase, key_file=key_file
+    )
+    cache = ChunkCache(store)
+    try:
+        tree = InstantTree(catalog, spec["image"], int(spec["t"]))
+        fs = PointInTimeFs(tree, cache)
+        serve(fs, spec["mountpoint"], f"twinvault:{spec['image']}", lambda: reply({"ready": True}))
+    finally:
+        cache.close()
+        store.close()
+        catalog.close()
+
+
+def child_main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(argv[0])
+    answer = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing else may write into the reply pipe
+
+    def reply(document: dict[str, Any]) -> None:
+        if not answer.closed:
+            answer.write(json.dumps(document) + "\n")
+            answer.close()
+
+    try:
+        _serve_mount(spec, reply)
+    except TwinvaultError as exc:
+        log.error("mount failed: %s", exc)
+        reply(exc.to_json())
+        return 1
+    except Exception as exc:  # pyfuse3.init's RuntimeError, an unreadable config...
+        log.exception("mount failed")
+        reply(TwinvaultError(errors.MOUNT_FAILED, f"{spec.get('mountpoint')}: {exc}").to_json())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""Reading files of a point in time by offset: chunk lists mapped to reads, decoded chunks
+cached, sequential readers served ahead.
+
+A mounted file is never materialised. `OpenFile` maps ``read(offset, size)`` to the pieces
+of its chunk list that cover it (holes read as zeros, no chunk); `ChunkCache` fetches the
+chunks it lacks from the store in batches (one ``get_many`` per batch: neighbours in a
+pack are one read) on a small pool of threads, and keeps decoded chunks in an LRU bounded
+in bytes, shared by every open file of the mount. A file read sequentially gets its next
+pieces requested before they are asked for, the window doubling from `AHEAD_FIRST` to
+`AHEAD_MAX` while the reads stay sequential, so the store's reads and decoding overlap the
+kernel's requests instead of following them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final, Protocol
+
+from twinvault.repository.chunklist import HOLE_DIGEST, Piece
+
+CACHE_BYTES: Final = 96 << 20  # decoded chunks kept (64 KiB each on average)
+AHEAD_FIRST: Final = 1 << 20  # read-ahead after the first sequential read ...
+AHEAD_MAX: Final = 16 << 20  # ... doubling up to this while reads stay sequential
+BATCH_BYTES: Final = 2 << 20  # chunks per store request: two threads share a window
+FETCH_THREADS: Final = 2  # the test machines have two cores
+
+
+_QUEUED: Final[Future[None]] = Future()  # in a batch being gathered (never waited on)
+_QUEUED.set_result(None)
+
+
+class ChunkSource(Protocol):
+    """Where chunks come from: `ChunkStore` or `StoreReader`."""
+
+    def get_many(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+class ChunkCache:
+    """Decoded chunks by digest (LRU, bounded in bytes) and the fetches in flight."""
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        *,
+        capacity: int = CACHE_BYTES,
+        batch_bytes: int = BATCH_BYTES,
+        threads: int = FETCH_THREADS,
+    ) -> None:
+        self._source = source
+        self._capacity = capacity
+        # A reader's read-ahead must not push out what it is about to read.
+        self.ahead_max = min(AHEAD_MAX, capacity // 4)
+        self._batch_bytes = batch_bytes
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+        self._inflight: dict[bytes, Future[None]] = {}
+        # Chunks whose last fetch failed, and why: a read that needs one fails with it;
+        # the next request tries again (a backend may be back).
+        self._failed: dict[bytes, Exception] = {}
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-fetch")
+
+    def cached(self, digest: bytes) -> bytes | None:
+        """The chunk if it is cached; raises what its last fetch failed with, if it did."""
+        with self._lock:
+            data = self._chunks.get(digest)
+            if data is not None:
+                self._chunks.move_to_end(digest)
+                return data
+            failure = self._failed.get(digest)
+        if failure is not None:
+            raise failure
+        return None
+
+    def request(self, pieces: Iterable[Piece]) -> list[Future[None]]:
+        """Start fetching the data pieces not cached nor in flight; the futures to wait
+        for before all of `pieces` are cached or failed (see `cached`)."""
+        waits: dict[int, Future[None]] = {}
+        batch: list[bytes] = []
+        size = 0
+        with self._lock:
+            for piece in pieces:
+                digest = piece.digest
+                if digest == HOLE_DIGEST or digest in self._chunks:
+                    continue
+                running = self._inflight.get(digest)
+                if running is not None:
+                    waits[id(running)] = running
+                    continue
+                self._failed.pop(digest, None)
+                self._inflight[digest] = _QUEUED  # a second piece of the same chunk waits
+                batch.append(digest)
+                size += piece.length
+                if size >= self._batch_bytes:
+                    self._submit_locked(batch, waits)
+                    batch, size = [], 0
+            if batch:
+                self._submit_locked(batch, waits)
+        return list(waits.values())
+
+    def _submit_locked(self, digests: list[bytes], waits: dict[int, Future[None]]) -> None:
+        future = self._pool.submit(self._load, digests)
+        for digest in digests:
+            self._inflight[digest] = future
+        waits[id(future)] = future
+
+    def _load(self, digests: list[bytes]) -> None:
+        """Fetch a batch; if the store fails it (one missing or damaged chunk fails a whole
+        `get_many`), fetch what is left one by one so only the bad chunks fail."""
+        try:
+            try:
+                for digest, data in self._source.get_many(digests):
+                    self._keep(digest, data)
+            except Exception:
+                for digest in digests:
+                    if self.cached(digest) is not None:
+                        continue
+                    try:
+                        for _, data in self._source.get_many([digest]):
+                            self._keep(digest, data)
+                    except Exception as exc:
+                        with self._lock:
+                            self._failed[digest] = exc
+        finally:
+            with self._lock:
+                for digest in digests:
+                    self._inflight.pop(digest, None)
+
+    def _keep(self, digest: bytes, data: bytes) -> None:
+        with self._lock:
+            if digest in self._chunks:
+                return
+            self._chunks[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self._capacity and len(self._chunks) > 1:
+                _, old = self._chunks.popitem(last=False)
+                self._bytes -= len(old)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class OpenFile:
+    """One open file: its pieces by offset, and where its reader is heading."""
+
+    def __init__(self, path: bytes, pieces: list[Piece], ahead_max: int = AHEAD_MAX) -> None:
+        self.path = path
+        self.pieces = pieces
+        self._ahead_max = ahead_max
+        self.starts: list[int] = []
+        at = 0
+        for piece in pieces:
+            self.starts.append(at)
+            at += piece.length
+        self.size = at
+        self._next = 0  # where a sequential reader reads next
+        self._window = 0  # read-ahead window, 0 until reads are sequential
+        self._ahead = 0  # pieces before this index have been requested
+
+    def span(self, offset: int, size: int) -> tuple[int, int]:
+        """Indexes [first, last) of the pieces covering [offset, offset + size)."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return (0, 0)
+        first = bisect.bisect_right(self.starts, offset) - 1
+        last = bisect.bisect_left(self.starts, end)
+        return (first, last)
+
+    def plan(self, offset: int, size: int) -> tuple[list[Piece], list[Piece]]:
+        """The pieces this read needs, and those to request ahead of it."""
+        first, last = self.span(offset, size)
+        needed = self.pieces[first:last]
+        if offset == self._next:
+            self._window = min(max(self._window * 2, AHEAD_FIRST), self._ahead_max)
+        else:  # a jump: start over from here, without read-ahead until it proves sequential
+            self._window = 0
+            self._ahead = last
+        self._next = offset + size
+        if not self._window:
+            return needed, []
+        _, until = self.span(offset + size, self._window)
+        start = max(last, self._ahead)
+        ahead = self.pieces[start:until] if until > start else []
+        self._ahead = max(self._ahead, until)
+        return needed, ahead
+
+    def assemble(self, offset: int, size: int, cache: ChunkCache) -> bytes | None:
+        """The bytes of [offset, offset + size) cut to the file's end; None if a piece
+        is not cached (evicted meanwhile: request it again). Raises what the fetch of a
+        needed chunk failed with."""
+        first, last = self.span(offset, size)
+        end = min(offset + size, self.size)
+        parts: list[bytes | memoryview] = []
+        for index in range(first, last):
+            piece, start = self.pieces[index], self.starts[index]
+            lo, hi = max(offset, start) - start, min(end, start + piece.length) - start
+            if piece.digest == HOLE_DIGEST:
+                parts.append(bytes(hi - lo))
+                continue
+            data = cache.cached(piece.digest)
+            if data is None:
+                return None
+            parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)

@@ -1,0 +1,193 @@
+"""What a mount does under the kernel's requests, without FUSE: the instant's tree of
+inodes from a real catalog, and reads by offset from chunk lists through the cache."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import blake3
+import pytest
+
+from twinvault.fsmeta import Meta
+from twinvault.ops import errors
+from twinvault.ops.errors import TwinvaultError
+from twinvault.pit.chunk_cache import AHEAD_MAX, ChunkCache, OpenFile
+from twinvault.pit.instant_tree import ROOT_INODE, InstantTree
+from twinvault.repository.catalog import Catalog, open_catalog
+from twinvault.repository.chunklist import HOLE_DIGEST, Piece, pack_chunks
+from twinvault.repository.history import pack_meta
+
+IMG = "alpha"
+
+
+class CountingSource:
+    """Chunks from a dict; records every digest asked for. `bad` digests fail."""
+
+    def __init__(self, chunks: dict[bytes, bytes], bad: Iterable[bytes] = ()) -> None:
+        self.chunks = chunks
+        self.bad = set(bad)
+        self.asked: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def get_many(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        with self.lock:
+            self.asked.extend(digests)
+        if self.bad & set(digests):
+            raise TwinvaultError(errors.CHUNK_CORRUPT, "a bad chunk in the batch")
+        for d in digests:
+            yield d, self.chunks[d]
+
+
+def make_file(
+    sizes: Sequence[int], holes: Iterable[int] = ()
+) -> tuple[list[Piece], dict[bytes, bytes], bytes]:
+    rng = random.Random(len(sizes))
+    pieces, chunks, whole = [], {}, []
+    for i, size in enumerate(sizes):
+        if i in set(holes):
+            pieces.append(Piece(HOLE_DIGEST, size))
+            whole.append(bytes(size))
+            continue
+        data = rng.randbytes(size)
+        digest = blake3.blake3(data).digest()
+        chunks[digest] = data
+        pieces.append(Piece(digest, size))
+        whole.append(data)
+    return pieces, chunks, b"".join(whole)
+
+
+def read(file: OpenFile, cache: ChunkCache, offset: int, size: int) -> bytes:
+    """What `PointInTimeFs.read` does, synchronously."""
+    needed, ahead = file.plan(offset, size)
+    for future in cache.request(needed):
+        future.result()
+    data = file.assemble(offset, size, cache)
+    assert data is not None
+    for future in cache.request(ahead):  # the fs does not wait; the tests do, to count
+        future.result()
+    return data
+
+
+def test_a_read_fetches_only_the_chunks_under_it_and_holes_read_as_zeros() -> None:
+    pieces, chunks, whole = make_file([1000, 5000, 3000, 7000, 2000], holes=[2])
+    source = CountingSource(chunks)
+    cache = ChunkCache(source)
+    file = OpenFile(b"/f", pieces)
+    assert file.size == len(whole)
+    assert read(file, cache, 8000, 2000) == whole[8000:10000]  # the hole and the next chunk
+    assert source.asked == [pieces[3].digest]
+    assert read(file, cache, 1200, 10) == whole[1200:1210]  # a jump: no read-ahead
+    assert source.asked == [pieces[3].digest, pieces[1].digest]
+    assert read(file, cache, len(whole) - 5, 100) == whole[-5:]  # cut at the end of the file
+    assert read(file, cache, len(whole), 100) == b""
+    cache.close()
+
+
+def test_sequential_reads_are_served_ahead_of_the_reader() -> None:
+    pieces, chunks, whole = make_file([64 << 10] * 600)  # 37.5 MiB
+    source = CountingSource(chunks)
+    cache = ChunkCache(source)
+    file = OpenFile(b"/f", pieces)
+    out = [read(file, cache, offset, 128 << 10) for offset in range(0, len(whole), 128 << 10)]
+    assert b"".join(out) == whole
+    assert len(source.asked) == len(pieces)  # every chunk fetched exactly once
+    # Half way, the chunks ahead of the reader were requested before it got there.
+    file = OpenFile(b"/g", pieces)
+    cache2 = ChunkCache(CountingSource(chunks))
+    for offset in range(0, 8 << 20, 128 << 10):
+        read(file, cache2, offset, 128 << 10)
+    assert file._window == AHEAD_MAX
+    assert file._ahead >= file.span(8 << 20, AHEAD_MAX)[1] - 2  # ~16 MiB requested ahead
+    cache.close()
+    cache2.close()
+
+
+def test_a_damaged_chunk_fails_only_the_reads_that_need_it() -> None:
+    pieces, chunks, whole = make_file([4000] * 8)
+    bad = pieces[5].digest
+    cache = ChunkCache(CountingSource(chunks, bad=[bad]))
+    file = OpenFile(b"/f", pieces)
+    # One request covering good and bad chunks: the good ones still arrive.
+    for future in cache.request(pieces):
+        future.result()
+    assert read(file, cache, 0, 4000 * 5) == whole[: 4000 * 5]
+    assert read(file, cache, 4000 * 6, 8000) == whole[4000 * 6 :]
+    with pytest.raises(TwinvaultError) as exc:
+        read(file, cache, 4000 * 5, 10)
+    assert exc.value.code == errors.CHUNK_CORRUPT
+    cache.close()
+
+
+def test_the_cache_stays_within_its_bytes() -> None:
+    pieces, chunks, whole = make_file([10_000] * 50)
+    cache = ChunkCache(CountingSource(chunks), capacity=100_000)
+    file = OpenFile(b"/f", pieces, cache.ahead_max)
+    out = [read(file, cache, offset, 20_000) for offset in range(0, len(whole), 20_000)]
+    assert b"".join(out) == whole
+    assert cache._bytes <= 100_000
+    cache.close()
+
+
+# --- the tree of inodes at an instant ----------------------------------------------------
+
+
+def meta(kind: str, mode: int = 0o644, size: int = 0, target: str = "") -> bytes:
+    return pack_meta(Meta(kind, mode, 1000, 1000, 5, 5, size, 0, target, (("user.k", b"v"),)))
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    c = open_catalog(f"sqlite://{tmp_path}/catalog.db")
+    with c.transaction():
+        c.put(IMG, b"/srv/data", 10, "dir", meta("dir", 0o750), b"", 0, None)
+        c.put(
+            IMG, b"/srv/data/a", 10, "file", meta("file", size=3), pack_chunks([Piece(b"a" * 32, 3)]), 3, None
+        )
+        c.put(IMG, b"/srv/data/l", 10, "symlink", meta("symlink", target="a"), b"a", 1, None)
+        c.put(IMG, b"/srv/data/sub", 10, "dir", meta("dir"), b"", 0, None)
+    link = c.link_group_of(IMG, b"/srv/data/a")
+    c.put(
+        IMG, b"/srv/data/sub/b", 20, "file", meta("file", size=3), pack_chunks([Piece(b"a" * 32, 3)]), 3, link
+    )
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_parents_of_the_selection_are_synthetic_root_owned_directories(catalog: Catalog) -> None:
+    tree = InstantTree(catalog, IMG, 15)
+    root = tree.entry(ROOT_INODE)
+    assert root is not None and root.synthetic and root.meta.mode == 0o755 and root.meta.uid == 0
+    assert [name for name, _ in tree.children(ROOT_INODE)] == [b"srv"]
+    srv = tree.lookup(ROOT_INODE, b"srv")
+    assert srv is not None and srv.synthetic and srv.kind == "dir" and srv.meta.mtime_ns == 15
+    data = tree.lookup(srv.inode, b"data")
+    assert data is not None and not data.synthetic and data.meta.mode == 0o750
+    assert tree.lookup(ROOT_INODE, b"home") is None
+    assert tree.lookup(data.inode, b"..") is None
+
+
+def test_inodes_are_stable_and_hard_links_share_one(catalog: Catalog) -> None:
+    before = InstantTree(catalog, IMG, 15)
+    after = InstantTree(catalog, IMG, 25)
+    for tree, nlink in ((before, 1), (after, 2)):
+        srv = tree.lookup(ROOT_INODE, b"srv")
+        assert srv is not None
+        data = tree.lookup(srv.inode, b"data")
+        assert data is not None
+        a = tree.lookup(data.inode, b"a")
+        assert a is not None and a.nlink == nlink
+        assert tree.lookup(data.inode, b"a") == a  # the same inode at every look-up
+        listed = dict(tree.children(data.inode))
+        assert listed[b"a"] == a and listed[b"l"].meta.symlink_target == "a"
+        sub = listed[b"sub"]
+        names = dict(tree.children(sub.inode))
+        if nlink == 2:
+            assert names[b"b"].inode == a.inode
+            assert tree.chunk_list(names[b"b"]) == [Piece(b"a" * 32, 3)]
+        else:
+            assert names == {}
