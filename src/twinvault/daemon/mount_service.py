@@ -40,17 +40,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from twinvault.daemon.config import Home, HostConfig, load_config
-from twinvault.daemon.history_service import HistoryService
 from twinvault.daemon.history_setup import open_backend
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.restore import resolve_point
+from twinvault.pit.mountinfo import mounts
 from twinvault.repository.catalog import open_catalog
 from twinvault.timefmt import iso_from_ns
+
+if TYPE_CHECKING:  # the mount child imports this module: it needs none of the daemon's
+    from twinvault.daemon.history_service import HistoryService
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +94,8 @@ def check_fuse(device: Path = FUSE_DEVICE) -> str:
 
 
 def mounted_paths() -> set[str]:
-    """Every mount point of this mount namespace, from /proc/self/mountinfo (unlike
-    os.path.ismount, it also sees a dead FUSE mount, whose lstat fails)."""
-    found = set()
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            point = line.split(" ")[4]
-            for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-                point = point.replace(escaped, plain)
-            found.add(point)
-    return found
+    """Every mount point of this mount namespace (a dead FUSE mount included)."""
+    return set(mounts())
 
 
 def _absolute(path: str) -> str:
@@ -195,6 +189,8 @@ class MountService:
     # -- the instant ---------------------------------------------------------------------
 
     async def _instant(self, image: str, *, live: bool, snapshot: int | None, at: str | None) -> int:
+        from twinvault.pit.restore import resolve_point
+
         history = await asyncio.to_thread(self._history.history)
         url = self._home.catalog_url(self._config)
 

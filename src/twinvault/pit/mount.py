@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
@@ -32,6 +33,7 @@ import trio
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.chunk_cache import ChunkCache, OpenFile
 from twinvault.pit.instant_tree import Entry, InstantTree
+from twinvault.pit.mountinfo import mounts
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,10 @@ _TYPE_BITS: Final = {
     "blk": stat.S_IFBLK,
     "sock": stat.S_IFSOCK,
 }
-# Errors of the chunk store that make one read fail (EIO), not the mount.
+# Times a read asks again for chunks evicted before it could assemble them.
 _READ_RETRIES: Final = 3
+SWITCH_INTERVAL: Final = 0.0005  # seconds (Python's default: 0.005)
+KERNEL_READAHEAD: Final = 4 << 20
 
 
 class PointInTimeFs(pyfuse3.Operations):
@@ -134,7 +138,10 @@ class PointInTimeFs(pyfuse3.Operations):
         file = self._files[fh]
         needed, ahead = file.plan(off, size)
         for _ in range(_READ_RETRIES):
-            for future in self.cache.request(needed):
+            waits = self.cache.request(needed)
+            self.cache.request(ahead)  # queued behind what this read needs
+            ahead = []
+            for future in waits:
                 await _finished(future)
             try:
                 data = file.assemble(off, size, self.cache)
@@ -142,8 +149,6 @@ class PointInTimeFs(pyfuse3.Operations):
                 log.error("read of %s at %d failed: %s", os.fsdecode(file.path), off, exc)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             if data is not None:
-                # Ahead only now: its chunks must not push out the ones just assembled.
-                self.cache.request(ahead)
                 return data
         log.error("read of %s at %d: chunks evicted before use %d times", file.path, off, _READ_RETRIES)
         raise pyfuse3.FUSEError(errno.EIO)
@@ -203,11 +208,28 @@ def serve(fs: PointInTimeFs, mountpoint: str, fsname: str, on_ready: Callable[[]
     from outside; unmounts on the way out. `on_ready` runs once the mount is visible."""
     options = set(pyfuse3.default_options) | {"ro", "allow_other", f"fsname={fsname}", "subtype=twinvault"}
     pyfuse3.init(fs, mountpoint, options)
+    # The event loop answers the kernel; when a fetch thread holds the GIL in Python code
+    # the loop would wait up to the default 5 ms for it, per request.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    _raise_readahead(mountpoint)
     try:
         on_ready()
         trio.run(_serve_until_stopped)
     finally:
         pyfuse3.close(unmount=True)
+
+
+def _raise_readahead(mountpoint: str) -> None:
+    """Let the kernel read ahead `KERNEL_READAHEAD` of a file sequentially read (the default,
+    128 KiB, keeps too few requests in flight to hide a chunk fetch). The mount's backing
+    device is found in mountinfo: a stat of the mount point from this process, before it
+    serves requests, would wait for itself."""
+    device = mounts().get(mountpoint, "")
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(KERNEL_READAHEAD >> 10))
+    except OSError as exc:  # not root, or no such device: the default read-ahead
+        log.info("read-ahead of %s left as it is: %s", mountpoint, exc)
 
 
 async def _serve_until_stopped() -> None:

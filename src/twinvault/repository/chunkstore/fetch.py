@@ -19,14 +19,16 @@ from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.chunkstore.backend import Backend
 from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
+from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.layout import StateDir, pack_key
 from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
 
 _RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
 _RUN_MAX: Final = 8 << 20  # ... up to this many bytes per read
 
-# (store id, plain digest) -> (pack, entry); CHUNK_MISSING when the store has no such blob.
-Locate = Callable[[bytes, bytes], tuple[str, BlobEntry]]
+# [(store id, plain digest)] -> [(pack, entry)] in the same order; CHUNK_MISSING when the
+# store has no such blob.
+Locate = Callable[[list[tuple[bytes, bytes]]], list[tuple[str, BlobEntry]]]
 
 
 class _PackGone(Exception):
@@ -41,6 +43,22 @@ def checked_digest(digest: bytes) -> bytes:
     return bytes(digest)
 
 
+def locate_in(
+    index: Index, wanted: list[tuple[bytes, bytes]], pending: Callable[[bytes], tuple[str, BlobEntry] | None]
+) -> list[tuple[str, BlobEntry]]:
+    """A `Locate` over an index and the blobs `pending` knows that the index does not yet."""
+    hits = [pending(store_id) for store_id, _ in wanted]
+    missing = [store_id for (store_id, _), hit in zip(wanted, hits, strict=True) if hit is None]
+    indexed = index.locate_many(missing) if missing else {}
+    out = []
+    for (store_id, digest), hit in zip(wanted, hits, strict=True):
+        found = hit or indexed.get(store_id)
+        if found is None:
+            raise TwinvaultError(errors.CHUNK_MISSING, digest.hex())
+        out.append(found)
+    return out
+
+
 class BlobFetcher:
     def __init__(self, state: StateDir, backend: Backend, codec: BlobCodec, locate: Locate) -> None:
         self._state = state
@@ -52,7 +70,7 @@ class BlobFetcher:
         """The plain chunk, verified: CHUNK_MISSING, CHUNK_CORRUPT or STORE_UNREACHABLE otherwise."""
         store_id = self._codec.store_id(checked_digest(digest))
         for attempt in (1, 2):
-            pack, entry = self._locate(store_id, digest)
+            ((pack, entry),) = self._locate([(store_id, digest)])
             try:
                 blob = self._read(pack, entry.offset, BLOB_HEADER.size + entry.stored_len)
             except _PackGone:
@@ -68,9 +86,8 @@ class BlobFetcher:
         Raises CHUNK_MISSING before yielding anything if a digest is unknown.
         """
         by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
-        for digest in dict.fromkeys(digests):
-            store_id = self._codec.store_id(checked_digest(digest))
-            pack, entry = self._locate(store_id, digest)
+        wanted = [(self._codec.store_id(checked_digest(d)), d) for d in dict.fromkeys(digests)]
+        for (pack, entry), (_, digest) in zip(self._locate(wanted), wanted, strict=True):
             by_pack[pack].append((entry, digest))
         for pack, items in by_pack.items():
             items.sort(key=lambda item: item[0].offset)
@@ -82,8 +99,9 @@ class BlobFetcher:
                     for _, digest in run:
                         yield digest, self.get(digest)
                     continue
+                view = memoryview(data)  # each blob decoded in place, not copied out first
                 for entry, digest in run:
-                    blob = data[entry.offset - start : entry.end - start]
+                    blob = view[entry.offset - start : entry.end - start]
                     yield digest, self._decode(digest, entry.store_id, pack, entry, blob)
 
     def _read(self, pack: str, offset: int, length: int) -> bytes:
@@ -106,7 +124,9 @@ class BlobFetcher:
             )
         return data
 
-    def _decode(self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes) -> bytes:
+    def _decode(
+        self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes | memoryview
+    ) -> bytes:
         head = parse_blob_header(blob, 0)
         if head is None or head[1] != store_id or head[3] != entry.stored_len:
             raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: blob header damaged (pack {pack})")

@@ -22,7 +22,7 @@ from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.chunkstore.backend import Backend
 from twinvault.repository.chunkstore.codec import BlobCodec
-from twinvault.repository.chunkstore.fetch import BlobFetcher
+from twinvault.repository.chunkstore.fetch import BlobFetcher, locate_in
 from twinvault.repository.chunkstore.index import Index, IndexDamaged
 from twinvault.repository.chunkstore.keys import unlock
 from twinvault.repository.chunkstore.layout import StateDir
@@ -73,11 +73,9 @@ class StoreReader:
         """As `ChunkStore.get_many`: each distinct chunk once, neighbours read as one range."""
         return self._fetch.get_many(digests)
 
-    def _locate(self, store_id: bytes, digest: bytes) -> tuple[str, BlobEntry]:
-        found = self.index.locate(store_id)
-        if found is None:
-            raise TwinvaultError(errors.CHUNK_MISSING, digest.hex())
-        return found
+    def _locate(self, wanted: list[tuple[bytes, bytes]]) -> list[tuple[str, BlobEntry]]:
+        # Blobs the owner has not committed are not in the index, and no version names them.
+        return locate_in(self.index, wanted, lambda store_id: None)
 
     def close(self) -> None:
         self.index.close()

@@ -30,7 +30,7 @@ from twinvault.repository.chunkstore import index as ix
 from twinvault.repository.chunkstore.backend import Backend, check_name
 from twinvault.repository.chunkstore.check import CheckReport, StoreCheck
 from twinvault.repository.chunkstore.codec import BlobCodec, BlobInvalid, digest_of
-from twinvault.repository.chunkstore.fetch import BlobFetcher, checked_digest
+from twinvault.repository.chunkstore.fetch import BlobFetcher, checked_digest, locate_in
 from twinvault.repository.chunkstore.garbage import GarbageCollector, GcReport, Progress
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.keys import CONFIG_NAME, StoreConfig, StoreKeys, new_config, unlock
@@ -284,11 +284,8 @@ class ChunkStore:
         """
         return self._fetch.get_many(digests)
 
-    def _locate(self, store_id: bytes, digest: bytes) -> tuple[str, BlobEntry]:
-        found = self._writer.pending(store_id) or self.index.locate(store_id)
-        if found is None:
-            raise TwinvaultError(errors.CHUNK_MISSING, digest.hex())
-        return found
+    def _locate(self, wanted: list[tuple[bytes, bytes]]) -> list[tuple[str, BlobEntry]]:
+        return locate_in(self.index, wanted, self._writer.pending)
 
     # --- maintenance -----------------------------------------------------------------------
 
