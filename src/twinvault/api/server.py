@@ -192,6 +192,40 @@ def build_app(host: Host) -> web.Application:
     async def umount(request: web.Request) -> web.Response:
         return web.json_response(await host.mounts.umount(request.query["mountpoint"]))
 
+    async def recovery_plan(request: web.Request) -> web.Response:
+        body = await request.json()
+        snapshot = body.get("snapshot")
+        return web.json_response(
+            await host.recoveries.plan(
+                str(body["image"]),
+                live=bool(body.get("live")),
+                snapshot=None if snapshot is None else int(snapshot),
+                at=body.get("at"),
+                includes=[os.fsencode(str(p)) for p in body.get("includes") or []],
+            )
+        )
+
+    async def create_recovery(request: web.Request) -> web.Response:
+        job = await host.recoveries.create(await request.json())
+        return web.json_response({"job": job.spec.job_id})
+
+    async def recovery_validate(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(
+            host.recoveries.validate(str(body["target_path"]), int(body.get("bytes") or 0))
+        )
+
+    async def recovery_target(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(
+            host.recoveries.register_target(
+                str(body["job_id"]),
+                str(body["source_name"]),
+                str(body["target_path"]),
+                int(body.get("bytes") or 0),
+            )
+        )
+
     async def delete_snapshot(request: web.Request) -> web.Response:
         image, snapshot = request.match_info["image"], int(request.match_info["snapshot"])
         return web.json_response(await host.history.delete_snapshot(image, snapshot))
@@ -220,6 +254,10 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/images/{image}/points", points)
     r.add_post("/api/images/{image}/stream", point_stream)
     r.add_delete("/api/images/{image}/snapshots/{snapshot}", delete_snapshot)
+    r.add_post("/api/recoveries/plan", recovery_plan)
+    r.add_post("/api/recoveries", create_recovery)
+    r.add_post("/api/recovery/validate", recovery_validate)
+    r.add_post("/api/recovery/targets", recovery_target)
     r.add_post("/api/mounts", mount)
     r.add_get("/api/mounts", mounts)
     r.add_delete("/api/mounts", umount)

@@ -28,10 +28,11 @@ from twinvault.cli.output import console, emit_json, human_bytes, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.restore import RestoreTarget, remove_temporaries
+from twinvault.pit.restore import RestoreTarget
 from twinvault.pit.stream import END, POINT
 from twinvault.protocol import messages as m
 from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body
+from twinvault.repository.image_tree import remove_temporaries
 from twinvault.repository.receiver import syncfs
 
 

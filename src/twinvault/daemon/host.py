@@ -25,6 +25,7 @@ from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService
 from twinvault.daemon.mount_service import MountService
+from twinvault.daemon.recovery_service import RecoveryService
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
@@ -53,6 +54,7 @@ class Host:
         self.started = time.time()
         self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
         self.mounts = MountService(home, self.config, self.history)
+        self.recoveries = RecoveryService(home, self.config, self.emit, self.history, self.image_jobs)
 
     def emit(self, event_id: int, **fields: Any) -> None:
         self.events.emit(event_id, **fields)
@@ -65,6 +67,7 @@ class Host:
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
         await self.history.start()
         await self.mounts.start()
+        await self.recoveries.start()
         self._peer_server = await asyncio.start_server(
             self._on_peer,
             self.config.bind_address,
@@ -96,6 +99,7 @@ class Host:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(image_job.session.finished.wait(), 30)
         await self.mounts.stop()
+        await self.recoveries.stop()
         await self.history.stop()
         self.emit(ev.SOURCE_STOPPED)
         self.emit(ev.TARGET_STOPPED)
@@ -215,6 +219,8 @@ class Host:
     def images(self) -> list[dict[str, Any]]:
         seen: dict[str, dict[str, Any]] = {}
         for job in self.image_jobs.values():
+            if job.kind != "protection":
+                continue  # a recovery target is not an image
             image = seen.setdefault(
                 job.image_root,
                 {
@@ -299,7 +305,9 @@ class Host:
         if job_id in self.image_jobs:
             self.forget_image_job(job_id)
             deleted["repository"] = True
-        if not deleted["source"] and not deleted["repository"]:
+        if await self.recoveries.delete(job_id):
+            deleted["recovery"] = True
+        if not any(deleted[k] for k in ("source", "repository", "recovery") if k in deleted):
             raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
         return deleted
 
@@ -311,12 +319,15 @@ class Host:
         for image_job in self.image_jobs.values():
             if image_job.job_id not in mine:
                 out.append(self._image_job_view(image_job))
+        out.extend(job.status() for job in self.recoveries.jobs.values())
         return out
 
     def job_view(self, job_id: str) -> dict[str, Any]:
         if job_id in self.source_jobs:
             view = self.source_jobs[job_id].status()
             return view
+        if job_id in self.recoveries.jobs:
+            return self.recoveries.jobs[job_id].status()
         if job_id in self.image_jobs:
             return self._image_job_view(self.image_jobs[job_id])
         raise TwinvaultError(errors.JOB_NOT_FOUND, job_id)
@@ -328,7 +339,7 @@ class Host:
             if job.last_status
             else {
                 "id": job.job_id,
-                "type": "Data Protection",
+                "type": "Data Recovery" if job.kind == "recovery" else "Data Protection",
                 "source": job.source_name,
                 "status": "Unknown",
                 "percent_complete": 0.0,

@@ -9,8 +9,6 @@ Restored paths keep the image's shape: ``/srv/a.txt`` lands at ``target/srv/a.tx
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from twinvault.repository.applier import Applier
 from twinvault.repository.catalog import Catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.repository.image_index import ImageIndex
-from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
+from twinvault.repository.image_tree import ImageTree
 from twinvault.timefmt import iso_from_ns, ns_from_iso
 
 
@@ -57,23 +55,6 @@ def resolve_point(
             "(twinvault points lists the ranges)",
         )
     return t
-
-
-def remove_temporaries(target: Path) -> int:
-    """Temporary files an interrupted restore left (a file being written when it was
-    killed); removed before a resume. Symlinks are never followed."""
-    removed = 0
-    for directory, dirs, files in os.walk(target):
-        for name in files + dirs:
-            if name.startswith(TEMP_PREFIX):
-                path = os.path.join(directory, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-                removed += 1
-        dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
-    return removed
 
 
 class RestoreTarget:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -104,3 +105,21 @@ class ImageTree:
     def real_path(self, path: bytes) -> bytes:
         """The image path as a plain filesystem path (for reading, listing, reports)."""
         return os.fsencode(self.root) + path
+
+
+def remove_temporaries(target: Path) -> int:
+    """Temporary files an interrupted writer left under ``target`` (a file being written
+    when a restore or a recovery was killed); removed before a resume. Symlinks are never
+    followed."""
+    removed = 0
+    for directory, dirs, files in os.walk(target):
+        for name in files + dirs:
+            if name.startswith(TEMP_PREFIX):
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed += 1
+        dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+    return removed

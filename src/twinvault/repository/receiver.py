@@ -28,7 +28,7 @@ from twinvault.protocol import messages as m
 from twinvault.protocol.link import Link
 from twinvault.repository.applier import Applier, Outcome, Stopped
 from twinvault.repository.image_index import ImageIndex
-from twinvault.repository.image_tree import ImageTree
+from twinvault.repository.image_tree import ImageTree, remove_temporaries
 from twinvault.repository.manifest import manifest_batches
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class ImageJob:
     snapshot_every_s: float = 0.0  # 0 = no scheduled snapshots
     snapshot_start: float = 0.0  # epoch seconds of the first one; 0 = when the job was created
     snapshot_schedule_enabled: bool = True
+    kind: str = "protection"  # or "recovery": the receiving end of a Data Recovery job (no history)
     connected: bool = False
     peer: str = ""
     session: Any = None  # the live Session, replaced when the source reconnects
@@ -85,6 +86,7 @@ class ImageJob:
             "snapshot_every_s": self.snapshot_every_s,
             "snapshot_start": self.snapshot_start,
             "snapshot_schedule_enabled": self.snapshot_schedule_enabled,
+            "kind": self.kind,
         }
 
 
@@ -365,6 +367,15 @@ def _sync_filesystems(image_root: Path, index_path: Path) -> None:
         os.close(index_fd)
 
 
+def _committed_seq(index_path: Path, job_id: str, epoch: int) -> int:
+    index = ImageIndex(index_path)
+    try:
+        committed_epoch, last = index.stream_position(job_id)
+    finally:
+        index.close()
+    return last if committed_epoch == epoch else 0
+
+
 def _reply_for(outcome: Outcome) -> list[Any] | None:
     if outcome.status == "need":
         return [m.NEED, outcome.seq, outcome.path]
@@ -439,9 +450,24 @@ async def serve_peer(
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(old.finished.wait(), 60)
         epoch = int(info.get("epoch", 0))
-        await link.send([m.WELCOME, {"version": version, "image_root": job.image_root, "epoch": epoch}])
+        if job.kind == "recovery":
+            # A recovery target has no manifest walk to sweep what a killed writer left.
+            await asyncio.to_thread(remove_temporaries, Path(job.image_root))
+        # The last op this job's stream committed here: a sender that can regenerate its
+        # stream (a recovery) resumes after it instead of sending it all again.
+        last_seq = await asyncio.to_thread(_committed_seq, index_path_for(job), job.job_id, epoch)
+        welcome = {"version": version, "image_root": job.image_root, "epoch": epoch, "last_seq": last_seq}
+        await link.send([m.WELCOME, welcome])
         await link.flush()
-        session = Session(job, link, index_path_for(job), emit, retry_limit, epoch, history)
+        session = Session(
+            job,
+            link,
+            index_path_for(job),
+            emit,
+            retry_limit,
+            epoch,
+            history if job.kind == "protection" else None,
+        )
         job.connected = True
         job.peer = link.peer
         job.session = session
