@@ -195,3 +195,48 @@ class NetnsPair:
                 capture_output=True,
                 check=False,
             )
+
+
+class NetnsLan:
+    """Several hosts, each in its own network namespace, on one switched LAN: a bridge in
+    a namespace of its own, one veth per host. Private 10.232.X.0/24 addresses, no default
+    route, names with our pid and a random suffix (see NetnsPair).
+
+        with NetnsLan(3) as lan:   # lan.namespaces[i], lan.addresses[i]
+    """
+
+    def __init__(self, hosts: int) -> None:
+        suffix = f"{os.getpid()}-{random.randrange(1 << 24):06x}"
+        self.switch = f"tv-sw-{suffix}"
+        self.namespaces = [f"tv-h{i}-{suffix}" for i in range(hosts)]
+        subnet = random.randrange(256)
+        self.addresses = [f"10.232.{subnet}.{i + 1}" for i in range(hosts)]
+        self._created: list[str] = []
+
+    def __enter__(self) -> NetnsLan:
+        try:
+            for ns in (self.switch, *self.namespaces):
+                _run(["ip", "netns", "add", ns])
+                self._created.append(ns)
+            _run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
+            _run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+            for i, (ns, addr) in enumerate(zip(self.namespaces, self.addresses, strict=True)):
+                _run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
+                      "netns", self.switch])  # fmt: skip
+                _run(["ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0"])
+                _run(["ip", "-n", self.switch, "link", "set", f"p{i}", "up"])
+                _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+                _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+                _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for ns in self._created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        self._created.clear()
