@@ -30,7 +30,7 @@ import blake3
 
 from twinvault import fsmeta
 from twinvault.ops import events as ev
-from twinvault.ops.errors import TwinvaultError
+from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
 from twinvault.protocol import messages as m
 from twinvault.repository.image_index import ChunkPiece, ImageIndex, unpack_pieces
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
@@ -148,6 +148,14 @@ class Applier:
         while True:
             try:
                 outcome = self._apply_once(kind, seq, message)
+            except TwinvaultError as exc:
+                if exc.code != INVALID_PARAMETER:
+                    raise  # a malformed op: the link is dropped
+                # A path that would leave the image or target (``..``, not absolute): this op
+                # is refused, the stream goes on.
+                self.abort_transfer()
+                self._emit(ev.TARGET_WRITE_DISCARDED, path=self._describe(message), retries=0)
+                return Outcome(seq, "failed", os.fsencode(self._describe(message)), exc.code, exc.message)
             except NeedData as exc:
                 if self._xfer is not None and kind in (m.FBEGIN, m.FDATA):
                     # Mid-file: drop the rest of this file's frames; its fend answers "need".
