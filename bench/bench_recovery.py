@@ -39,7 +39,8 @@ def main() -> int:
     parser.add_argument("--tree-mb", type=int, default=2048)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    print(f"bench_recovery: tree {args.tree_mb} MiB, cpus={os.cpu_count()} python={sys.version.split()[0]}")
+    python = sys.version.split()[0]
+    print(f"bench_recovery: tree {args.tree_mb} MiB, cpus={os.cpu_count()} python={python}")
     print(code_note())
     with bench_dir(args.keep) as base, RsyncOverSsh() as reference:
         tree = base / "tree"
@@ -58,17 +59,19 @@ def main() -> int:
             dropped = drop_caches()
             started = time.perf_counter()
             out = console.json("recover", "--repository", beta.api, "--image", "alpha", "--live",
-                               "--to-server", gamma.api, "--target-path", str(base / "recovered"))  # fmt: skip
+                               "--to-server", gamma.api,
+                               "--target-path", str(base / "recovered"))  # fmt: skip
             wait_for(lambda: client.call("GET", f"/api/jobs/{out['job']}")["status"] == "Recovered",
                      3600, 0.1, what="the recovery")  # fmt: skip
             recovery_s = time.perf_counter() - started
 
             drop_caches()
             started = time.perf_counter()
+            env = {**os.environ, "TWINVAULT_CONFIG": str(console.config_dir)}
             subprocess.run(
-                [sys.executable, "-m", "twinvault.cli.main", "restore", "--repository", beta.api, "--image", "alpha",
-                 "--live", "--to", str(base / "restored"), "--json"],
-                check=True, capture_output=True, env={**os.environ, "TWINVAULT_CONFIG": str(console.config_dir)},
+                [sys.executable, "-m", "twinvault.cli.main", "restore", "--repository", beta.api,
+                 "--image", "alpha", "--live", "--to", str(base / "restored"), "--json"],
+                check=True, capture_output=True, env=env,
             )  # fmt: skip
             restore_s = time.perf_counter() - started
 
