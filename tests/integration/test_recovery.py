@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers.faults import small_filesystem
 from tests.helpers.history import frozen_copy, settle
-from tests.helpers.hosts import Console, TestHost, running_hosts, wait_for
-from tests.helpers.protection import in_image, protect
+from tests.helpers.hosts import Console, TestHost, make_host, running_hosts, wait_for
+from tests.helpers.protection import event_ids, in_image, protect
 from tests.helpers.tree import assert_trees_equal, make_rich_tree
 
 Three = tuple[Console, TestHost, TestHost, TestHost]
@@ -119,3 +119,29 @@ def test_a_recovery_server_killed_mid_recovery_resumes(three_hosts: Three, tmp_p
     assert_trees_equal(str(src), str(restored))
     # Resumed, not restarted: well under twice the data went over the link.
     assert view["total_sent_bytes"] < 1.6 * (120 << 20)
+
+
+def test_shutdown_source_runs_the_sources_own_command_after_the_recovery(tmp_path: Path) -> None:
+    marker = tmp_path / "shutdown-ran"
+    console = Console(tmp_path / "console")
+    alpha = make_host(
+        tmp_path, "alpha", console, extra_config=f'[config]\nshutdown_command = "touch {marker}"\n'
+    )
+    beta = make_host(tmp_path, "beta", console)
+    gamma = make_host(tmp_path, "gamma", console)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    try:
+        for host in (alpha, beta, gamma):
+            host.start(console)
+        job, image = protect(console, alpha, beta, src)
+        settle(console, alpha, job, src, image)
+        out = recover(console, beta, gamma, tmp_path / "r", "--live", "--shutdown-source")
+        wait_recovered(console, beta, out["job"])
+        wait_for(marker.exists, 30, what="the source's shutdown command")
+        assert 9020 in event_ids(alpha) and 9020 in event_ids(beta)
+        assert (in_image(tmp_path / "r", src) / "a.txt").read_text() == "a"
+    finally:
+        for host in (alpha, beta, gamma):
+            host.stop()

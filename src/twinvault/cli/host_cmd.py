@@ -81,6 +81,7 @@ _SETTABLE = {
     "retry_limit",
     "capture",
     "metrics_token",
+    "shutdown_command",
 }
 
 

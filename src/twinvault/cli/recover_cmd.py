@@ -33,6 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--include", nargs="+", default=[], metavar="PATH")
     p.add_argument("--exclude", nargs="+", default=[], metavar="GLOB")
     p.add_argument("--original-job", choices=["delete", "stop", "leave"], default="leave")
+    p.add_argument("--shutdown-source", action="store_true",
+                   help="after the recovery mirror, the source runs its shutdown_command")  # fmt: skip
     p.add_argument("--full-server", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=recover)
@@ -61,6 +63,10 @@ def recover(args: argparse.Namespace) -> int:
     repo_name = repository.call("GET", "/api/host")["name"]
     target_name = target.call("GET", "/api/host")["name"]
     warnings += _original_jobs(repository, args.image, args.original_job, target_name)
+    shutdown = args.shutdown_source
+    if shutdown and _source_of(repository, args.image) == target_name:
+        warnings.append("--shutdown-source ignored: the recovery server is the original source")
+        shutdown = False
     job_id = uuid.uuid4().hex[:12]
     issued = target.call(
         "POST",
@@ -87,6 +93,7 @@ def recover(args: argparse.Namespace) -> int:
             "target_path": args.target_path,
             "total_files": plan["files"],
             "total_bytes": plan["bytes"],
+            "shutdown_source": shutdown,
         },
     )
     if args.json:
@@ -109,6 +116,11 @@ def _print_report(
         console.print(f"  [red]error[/] {error['code']}: {error['message']}")
     for warning in warnings:
         console.print(f"  [yellow]warning[/]: {warning}")
+
+
+def _source_of(repository: ApiClient, image: str) -> str | None:
+    found = [i["source"] for i in repository.call("GET", "/api/images")["images"] if i["name"] == image]
+    return found[0] if found else None
 
 
 def _original_jobs(repository: ApiClient, image: str, choice: str, target_name: str) -> list[str]:

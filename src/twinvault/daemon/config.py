@@ -67,6 +67,9 @@ class HostConfig:
     retry_limit: int = 10  # target write retries; -1 = forever (the seed's TGExecutionRetryLimit)
     capture: str = "auto"  # auto | fanotify | inotify
     metrics_token: str = ""
+    # Run when a recovery asks this source to shut down (recover --shutdown-source);
+    # "" refuses such requests.
+    shutdown_command: str = ""
     queue: QueueConfig = field(default_factory=QueueConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 

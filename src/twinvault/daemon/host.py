@@ -124,7 +124,12 @@ class Host:
             min_free_bytes=q.min_free_mb << 20,
         )
         return ProtectionJob(
-            spec, self.home.queue_dir(self.config), limits, self.emit, capture_method=self.config.capture
+            spec,
+            self.home.queue_dir(self.config),
+            limits,
+            self.emit,
+            capture_method=self.config.capture,
+            shutdown_command=self.config.shutdown_command,
         )
 
     # -- repository role --------------------------------------------------------------

@@ -9,6 +9,7 @@ an image job of kind "recovery" whose root is the target path and which keeps no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -20,9 +21,12 @@ from twinvault.daemon.config import Home, HostConfig
 from twinvault.daemon.history_service import HistoryService
 from twinvault.durable import write_private
 from twinvault.ops import errors
+from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.restore import resolve_point
 from twinvault.pit.stream import summarize
+from twinvault.protocol import messages as m
+from twinvault.protocol.link import Link
 from twinvault.recovery.job import RecoveryJob, RecoverySpec
 from twinvault.recovery.validation import validate_target
 from twinvault.repository.catalog import open_catalog
@@ -105,6 +109,7 @@ class RecoveryService:
             total_files=int(raw.get("total_files") or 0),
             total_bytes=int(raw.get("total_bytes") or 0),
             created=time.time(),
+            shutdown_source=bool(raw.get("shutdown_source")),
         )
         job = await self._make(spec)
         self._save(job)
@@ -119,10 +124,38 @@ class RecoveryService:
             self._home.catalog_url(self._config),
             self._emit,
             self._config.name,
-            on_finished=self._save,
+            on_finished=self._finished,
         )
         self.jobs[spec.job_id] = job
         return job
+
+    def _finished(self, job: RecoveryJob) -> None:
+        self._save(job)
+        if job.spec.shutdown_source:
+            self._shut_down_source(job)
+
+    def _shut_down_source(self, job: RecoveryJob) -> None:
+        """The guide's "shut down the source server" after the recovery mirror: asked over
+        the source's own protection link; ignored when the source is not connected."""
+        links = [
+            j.session.link
+            for j in self._image_jobs.values()
+            if j.kind == "protection" and j.image_name == job.spec.image and j.session is not None
+        ]
+        if not links:
+            self._emit(ev.SOURCE_SHUTDOWN_REQUESTED, source=job.spec.image, job=job.spec.job_id,
+                       action="ignored: the source is not connected")  # fmt: skip
+            return
+        for link in links:
+            asyncio.get_running_loop().create_task(self._ask_shutdown(link, job.spec.job_id))
+        self._emit(ev.SOURCE_SHUTDOWN_REQUESTED, source=job.spec.image, job=job.spec.job_id,
+                   action=f"asked over {len(links)} link(s)")  # fmt: skip
+
+    @staticmethod
+    async def _ask_shutdown(link: Link, job_id: str) -> None:
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            await link.send([m.SHUTDOWN_SOURCE, {"job": job_id, "reason": "recovery completed"}])
+            await link.flush()
 
     def _save(self, job: RecoveryJob) -> None:
         document = {"spec": job.spec.to_json(), "finished": job.progress.finished}

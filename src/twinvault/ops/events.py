@@ -175,6 +175,7 @@ CATALOG_REPLAYED: Final = 9014
 PRUNE_COMPLETED: Final = 9015
 CHECK_FOUND_DAMAGE: Final = 9016
 STORE_RECOVERED_AFTER_CRASH: Final = 9017
+SOURCE_SHUTDOWN_REQUESTED: Final = 9020
 
 # The guide's "%1 (%2) for Replication Set %3, ID: %4": target name, its address, the
 # job's replication set (its name), the job (connection) ID.
@@ -581,6 +582,12 @@ _TWINVAULT_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
         "Prune removed {versions} versions and {chunks} chunks ({bytes} bytes) older than {horizon}",
     ),
     (CHECK_FOUND_DAMAGE, "Repository", "error", "Repository check found damage: {summary}"),
+    (
+        SOURCE_SHUTDOWN_REQUESTED,
+        "Recovery",
+        "warning",
+        "Shutdown of source {source} requested after recovery {job}: {action}",
+    ),
     (
         STORE_RECOVERED_AFTER_CRASH,
         "Repository",

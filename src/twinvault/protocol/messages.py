@@ -54,6 +54,9 @@ MANIFEST: Final = "manifest"  # [manifest, request_id, entries, done]
 ACK: Final = "ack"  # [ack, seq]  every op <= seq is applied and durable
 NEED: Final = "need"  # [need, seq, path]  a file op referred to data the repository lacks
 APPLY_FAILED: Final = "failed"  # [failed, seq, path, code, message] discarded after the retry limit
+# [shutdown, {"job", "reason"}]: a recovery of this source's image is done; the source runs
+# its host's configured shutdown command (or refuses: none configured). Recovery option.
+SHUTDOWN_SOURCE: Final = "shutdown"
 
 # Segments of a file body, in order; together they cover [0, size).
 SEG_DATA: Final = 0  # [0, hash, bytes]             new chunk

@@ -60,6 +60,7 @@ class RecoverySpec:
     total_files: int = 0
     total_bytes: int = 0
     created: float = 0.0
+    shutdown_source: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -110,11 +110,13 @@ class ProtectionJob:
         emit: Emit,
         *,
         capture_method: str = "auto",
+        shutdown_command: str = "",
     ) -> None:
         self.spec = spec
         self.selection = Selection(spec.roots, spec.excludes)
         self._emit = emit
         self._capture_method = capture_method
+        self._shutdown_command = shutdown_command
         self.changes = ChangeSet()
         self._wake_sender = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -553,8 +555,22 @@ class ProtectionJob:
                 self.view.needs_full(path)
                 self.failed_paths.append(path)
                 self.last_error = {"code": int(msg[3]), "message": f"{path}: {msg[4]}"}
+            elif kind == m.SHUTDOWN_SOURCE:
+                await self._shutdown_requested(msg[1] if len(msg) > 1 and isinstance(msg[1], dict) else {})
             else:
                 raise TwinvaultError(-1007, f"unexpected {kind!r} from the repository")
+
+    async def _shutdown_requested(self, request: dict[str, Any]) -> None:
+        """A recovery of this image asks the source to shut down (recover --shutdown-source):
+        only this host's own configured command runs, never anything the peer sends."""
+        recovery = str(request.get("job", "?"))
+        if not self._shutdown_command:
+            self._emit(ev.SOURCE_SHUTDOWN_REQUESTED, source=self.spec.source_name, job=recovery,
+                       action="refused: no shutdown_command is configured on this host")  # fmt: skip
+            return
+        self._emit(ev.SOURCE_SHUTDOWN_REQUESTED, source=self.spec.source_name, job=recovery,
+                   action=f"running {self._shutdown_command!r}")  # fmt: skip
+        await asyncio.create_subprocess_exec("/bin/sh", "-c", self._shutdown_command, start_new_session=True)
 
     async def _send(self, link: Link) -> None:
         last_status = 0.0
