@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from twinvault.daemon.config import Home, HostConfig
@@ -28,6 +28,7 @@ from twinvault.repository.catalog import open_catalog
 from twinvault.repository.history import SCHEDULED, USER_REQUEST, History
 from twinvault.repository.receiver import ImageJob
 from twinvault.repository.snapshots import Due, SnapshotSchedule
+from twinvault.threads import iterate_in_thread
 from twinvault.timefmt import iso_from_ns
 
 log = logging.getLogger(__name__)
@@ -254,45 +255,8 @@ class HistoryService:
             catalog.close()
             raise
         batches = frame_batches(catalog, history.store, image, t, includes, skip_through)
-        return _in_thread(batches, on_close=catalog.close)
+        return iterate_in_thread(batches, on_close=catalog.close)
 
 
 def _snapshot_view(snap_id: int, t: int, kind: str, status: str) -> dict[str, Any]:
     return {"id": snap_id, "time": iso_from_ns(t), "type": kind, "status": status}
-
-
-async def _in_thread(batches: Iterator[bytes], on_close: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Run a blocking producer in a thread, a few batches ahead of the consumer (the
-    response's writes are the back-pressure)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
-    cancelled = threading.Event()
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if cancelled.is_set():
-                    return
-                asyncio.run_coroutine_threadsafe(ready.put(batch), loop).result()
-            asyncio.run_coroutine_threadsafe(ready.put(None), loop).result()
-        except BaseException as exc:  # handed to the consumer, which raises it
-            if not cancelled.is_set():
-                asyncio.run_coroutine_threadsafe(ready.put(exc), loop).result()
-        finally:
-            on_close()
-
-    worker = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            item = await ready.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancelled.set()
-        while not ready.empty():  # let a producer blocked on a full queue finish
-            ready.get_nowait()
-        with contextlib.suppress(Exception):
-            await worker

@@ -20,7 +20,6 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from twinvault.protocol.link import Link
 from twinvault.protocol.tls import check_pinned, client_context
 from twinvault.repository.catalog import Version, open_catalog
 from twinvault.repository.chunkstore import ChunkStore
+from twinvault.threads import iterate_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,6 @@ class RecoveryJob:
         self._task: asyncio.Task[None] | None = None
         self._acked = asyncio.Event()
         self._sizes: dict[int, int] = {}  # seq -> bytes of its frames, until acknowledged
-        # One thread reads the catalog and the chunks for this job, in order.
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"recover-{spec.job_id}")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -126,7 +124,6 @@ class RecoveryJob:
                 await self._task
         if self.progress.status != "Idle":
             self.progress.status = "Stopped"
-        self._reader.shutdown(wait=False)
 
     @property
     def done(self) -> bool:
@@ -210,14 +207,11 @@ class RecoveryJob:
         self.progress.acked_seq = resume_after
         self._sizes.clear()
         receiver = asyncio.create_task(self._receive(link))
-        frames = _blocking_frames(self._ops(resume_after))
-        loop = asyncio.get_running_loop()
+        # Chunks are read, checked and framed in a thread of their own, several ops ahead
+        # of the link, so reading overlaps sending.
+        frames = iterate_in_thread(_blocking_frames(self._ops(resume_after)), ahead=32)
         try:
-            while True:
-                item = await loop.run_in_executor(self._reader, next, frames, None)
-                if item is None:
-                    break
-                seq, frame = item
+            async for seq, frame in frames:
                 while sum(self._sizes.values()) > MAX_UNACKED_BYTES and not receiver.done():
                     self._acked.clear()
                     await asyncio.wait({receiver, asyncio.ensure_future(self._acked.wait())}, timeout=5,
@@ -251,7 +245,7 @@ class RecoveryJob:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
-            await loop.run_in_executor(self._reader, frames.close)  # its catalog closes in its thread
+            await frames.aclose()  # stops the reading thread; its catalog closes there
 
     async def _receive(self, link: Link) -> None:
         while True:
