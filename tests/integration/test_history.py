@@ -268,3 +268,22 @@ def test_schedules_are_disabled_enabled_and_snapshots_deleted(two_hosts: Hosts, 
     assert console.refused("snapshot", "delete", str(first), "--repository", beta.api, "--image",
                            alpha.name) == -2403  # fmt: skip
     assert console.refused("job", "schedule", job, "--every", "soon", "--server", beta.api) == -139
+
+
+def test_a_restore_says_what_it_replaced_and_leaves_other_files(two_hosts: Hosts, tmp_path: Path) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("from the image")
+    (src / "b.txt").write_text("b")
+    job, image = protect(console, alpha, beta, src)
+    settle(console, alpha, job, src, image)
+    out = tmp_path / "out"
+    there = in_image(out, src)
+    there.mkdir(parents=True)
+    (there / "a.txt").write_text("local edit")
+    (there / "mine.txt").write_text("not in the image")
+    reply = restore(console, beta, alpha.name, out, "--live")
+    assert reply["replaced"] == 1 and reply["replaced_paths"] == [str(src / "a.txt")]
+    assert (there / "a.txt").read_text() == "from the image"
+    assert (there / "mine.txt").read_text() == "not in the image"

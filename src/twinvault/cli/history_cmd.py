@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from twinvault.cli.client import ApiClient
-from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.cli.output import console, emit_json, err_console, human_bytes, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -121,6 +121,9 @@ def restore(args: argparse.Namespace) -> int:
     skip = _resume_point(target, request)
     if skip:
         remove_temporaries(target)
+    elif target.is_dir() and any(target.iterdir()) and not args.json:
+        err_console.print(f"[yellow]warning[/]: {target} is not empty: entries of the point replace entries "
+                          "of the same name (listed at the end); other entries stay")  # fmt: skip
     client = ApiClient.for_host(args.repository)
     frames = _frames(client.stream(f"/api/images/{args.image}/stream", {**request, "skip_through": skip}))
     header = next(frames, None)
@@ -154,6 +157,7 @@ def restore(args: argparse.Namespace) -> int:
     reply.update(
         {"image": args.image, "point": header[1]["point"], "target": str(target), "resumed_after": skip}
     )
+    reply.update({"replaced": writer.replaced, "replaced_paths": writer.replaced_paths})
     if args.json:
         emit_json(reply)
     else:
@@ -162,6 +166,10 @@ def restore(args: argparse.Namespace) -> int:
             f"directories, {reply['links']} hard links of {args.image} at {reply['point']} into {target}"
             + (f" (resumed after op {skip})" if skip else "")
         )
+        for path in writer.replaced_paths[:50]:
+            console.print(f"  replaced: {path}")
+        if writer.replaced > 50:
+            console.print(f"  ... {writer.replaced - 50} more replaced")
         for failure in failed[:50]:
             console.print(f"  failed: {failure['path']}: {failure['error']}")
     return 1 if failed else 0

@@ -9,6 +9,7 @@ Restored paths keep the image's shape: ``/srv/a.txt`` lands at ``target/srv/a.tx
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ from typing import Any
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.opstream import PointInTimeStream, StreamTotals, versions_for
+from twinvault.protocol import messages as m
 from twinvault.repository.applier import Applier
 from twinvault.repository.catalog import Catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.repository.image_index import ImageIndex
 from twinvault.repository.image_tree import ImageTree
 from twinvault.timefmt import iso_from_ns, ns_from_iso
+
+_REPLACING = frozenset({m.FILE, m.FBEGIN, m.SYMLINK, m.SPECIAL, m.LINK})
 
 
 @dataclass(slots=True)
@@ -68,8 +72,13 @@ class RestoreTarget:
         self._applier = Applier(self._tree, self._index, emit, retry_limit=0)
         self.failed: list[dict[str, Any]] = []
         self.last_seq = 0  # the last op applied whole (a file counts at its end)
+        self._root = target
+        self.replaced = 0  # entries that were already in the target and are now replaced
+        self.replaced_paths: list[str] = []
 
     def apply(self, op: list[Any]) -> None:
+        if op[0] in _REPLACING and op[1] > self.last_seq:
+            self._note_replaced(op[2])
         outcome = self._applier.apply(op)
         if outcome is None:
             return
@@ -78,6 +87,15 @@ class RestoreTarget:
             self.failed.append(
                 {"path": outcome.path.decode("utf-8", "surrogateescape"), "error": outcome.message}
             )
+
+    def _note_replaced(self, path: bytes) -> None:
+        """Say what a restore overwrites: an entry of the point already in the target."""
+        if not path.startswith(b"/") or b"/../" in path + b"/":
+            return  # refused by the applier anyway
+        if os.path.lexists(os.fsencode(self._root) + path):
+            self.replaced += 1
+            if len(self.replaced_paths) < 1000:
+                self.replaced_paths.append(path.decode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         self._applier.abort_transfer()
