@@ -141,3 +141,26 @@ def test_reader_follows_a_chunk_that_garbage_collection_moved(owner: ChunkStore,
     finally:
         reader.close()
         owner.close()
+
+
+def test_views_of_a_large_run_are_mapped_from_the_pack_wherever_it_is(tmp_path: Path) -> None:
+    state, backend = tmp_path / "state", LocalBackend(tmp_path / "backend")
+    owner = ChunkStore.create(state, backend, retry=FAST_RETRY)  # 16 MiB packs: one pack
+    chunks = [chunk(200 + i) for i in range(40)]  # 1.6 MB: one run, mapped, not copied
+    for d, data in chunks:
+        owner.put(d, data)
+    owner.commit()
+    reader = ChunkStore.open_reader(state, backend)
+    try:
+        for where in ("open pack", "backend"):
+            views = dict(reader.get_views([d for d, _ in chunks]))
+            assert all(isinstance(v, memoryview) for v in views.values()), where
+            assert {d: bytes(v) for d, v in views.items()} == dict(chunks), where
+            assert dict(reader.get_many([d for d, _ in chunks[:3]])) == dict(chunks[:3])
+            del views
+            owner.seal()
+            assert owner.flush_uploads(10)
+            assert not list((state / "open").glob("*.pack")) and not list((state / "sealed").glob("*.pack"))
+    finally:
+        reader.close()
+        owner.close()

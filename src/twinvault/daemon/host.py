@@ -65,8 +65,8 @@ class Host:
         for path in sorted(self.home.repository_jobs.glob("*.json")):
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
+        await self.mounts.start()  # first: a crashed run's mounts still read the store
         await self.history.start()
-        await self.mounts.start()
         await self.recoveries.start()
         self._peer_server = await asyncio.start_server(
             self._on_peer,

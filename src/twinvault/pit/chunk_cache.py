@@ -3,7 +3,7 @@ cached, sequential readers served ahead.
 
 A mounted file is never materialised. `OpenFile` maps ``read(offset, size)`` to the pieces
 of its chunk list that cover it (holes read as zeros, no chunk); `ChunkCache` fetches the
-chunks it lacks from the store in batches (one ``get_many`` per batch: neighbours in a
+chunks it lacks from the store in batches (one ``get_views`` per batch: neighbours in a
 pack are one read) on a small pool of threads, and keeps decoded chunks in an LRU bounded
 in bytes, shared by every open file of the mount. A file read sequentially gets its next
 pieces requested before they are asked for, the window doubling from `AHEAD_FIRST` to
@@ -25,8 +25,10 @@ from twinvault.repository.chunklist import HOLE_DIGEST, Piece
 CACHE_BYTES: Final = 96 << 20  # decoded chunks kept (64 KiB each on average)
 AHEAD_FIRST: Final = 1 << 20  # read-ahead after the first sequential read ...
 AHEAD_MAX: Final = 16 << 20  # ... doubling up to this while reads stay sequential
-BATCH_BYTES: Final = 2 << 20  # chunks per store request: two threads share a window
-FETCH_THREADS: Final = 2  # the test machines have two cores
+BATCH_BYTES: Final = 4 << 20  # chunks per store request: one run read (or mapped) at once
+# Fetch threads: a run's pages come from disk while others hash theirs (BLAKE3 and the
+# map release the GIL); four kept a cold 2-core machine's disk and cores busier than two.
+FETCH_THREADS: Final = 4
 
 
 _QUEUED: Final[Future[None]] = Future()  # in a batch being gathered (never waited on)
@@ -36,7 +38,7 @@ _QUEUED.set_result(None)
 class ChunkSource(Protocol):
     """Where chunks come from: `ChunkStore` or `StoreReader`."""
 
-    def get_many(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, bytes]]: ...
+    def get_views(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, bytes | memoryview]]: ...
 
 
 class ChunkCache:
@@ -56,7 +58,7 @@ class ChunkCache:
         self.ahead_max = min(AHEAD_MAX, capacity // 4)
         self._batch_bytes = batch_bytes
         self._lock = threading.Lock()
-        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._chunks: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[bytes, Future[None]] = {}
         # Chunks whose last fetch failed, and why: a read that needs one fails with it;
@@ -64,7 +66,7 @@ class ChunkCache:
         self._failed: dict[bytes, Exception] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-fetch")
 
-    def cached(self, digest: bytes) -> bytes | None:
+    def cached(self, digest: bytes) -> bytes | memoryview | None:
         """The chunk if it is cached; raises what its last fetch failed with, if it did."""
         with self._lock:
             data = self._chunks.get(digest)
@@ -110,17 +112,17 @@ class ChunkCache:
 
     def _load(self, digests: list[bytes]) -> None:
         """Fetch a batch; if the store fails it (one missing or damaged chunk fails a whole
-        `get_many`), fetch what is left one by one so only the bad chunks fail."""
+        `get_views`), fetch what is left one by one so only the bad chunks fail."""
         try:
             try:
-                for digest, data in self._source.get_many(digests):
+                for digest, data in self._source.get_views(digests):
                     self._keep(digest, data)
             except Exception:
                 for digest in digests:
                     if self.cached(digest) is not None:
                         continue
                     try:
-                        for _, data in self._source.get_many([digest]):
+                        for _, data in self._source.get_views([digest]):
                             self._keep(digest, data)
                     except Exception as exc:
                         with self._lock:
@@ -130,7 +132,7 @@ class ChunkCache:
                 for digest in digests:
                     self._inflight.pop(digest, None)
 
-    def _keep(self, digest: bytes, data: bytes) -> None:
+    def _keep(self, digest: bytes, data: bytes | memoryview) -> None:
         with self._lock:
             if digest in self._chunks:
                 return
@@ -184,9 +186,11 @@ class OpenFile:
             return needed, []
         _, until = self.span(offset + size, self._window)
         start = max(last, self._ahead)
-        ahead = self.pieces[start:until] if until > start else []
-        self._ahead = max(self._ahead, until)
-        return needed, ahead
+        if until <= start or self.starts[start] - (offset + size) >= self._window // 2:
+            return needed, []  # more than half a window is requested already
+        # Topped up half a window or more at a time: the store reads it in large runs.
+        self._ahead = until
+        return needed, self.pieces[start:until]
 
     def assemble(self, offset: int, size: int, cache: ChunkCache) -> bytes | None:
         """The bytes of [offset, offset + size) cut to the file's end; None if a piece
@@ -207,4 +211,4 @@ class OpenFile:
             parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         if len(parts) == 1 and isinstance(parts[0], bytes):
             return parts[0]
-        return b"".join(parts)
+        return b"".join(parts)  # the one copy of a read (of a view into a run: none before)

@@ -67,8 +67,15 @@ class PointInTimeFs(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.cache = cache
+        self.mountpoint = ""  # set by `serve`
         self._files: dict[int, OpenFile] = {}
         self._next_fh = 1
+
+    def init(self) -> None:
+        """Called as the kernel's INIT is answered; that answer caps the mount's read-ahead
+        at the kernel's default, so it is raised just after (`_raise_readahead`)."""
+        if self.mountpoint:
+            trio.lowlevel.current_trio_token().run_sync_soon(_raise_readahead, self.mountpoint)
 
     # -- names and attributes --------------------------------------------------------------
 
@@ -207,11 +214,11 @@ def serve(fs: PointInTimeFs, mountpoint: str, fsname: str, on_ready: Callable[[]
     """Mount `fs` at `mountpoint` and serve it until SIGTERM/SIGINT/SIGHUP or an unmount
     from outside; unmounts on the way out. `on_ready` runs once the mount is visible."""
     options = set(pyfuse3.default_options) | {"ro", "allow_other", f"fsname={fsname}", "subtype=twinvault"}
+    fs.mountpoint = mountpoint
     pyfuse3.init(fs, mountpoint, options)
     # The event loop answers the kernel; when a fetch thread holds the GIL in Python code
     # the loop would wait up to the default 5 ms for it, per request.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    _raise_readahead(mountpoint)
     try:
         on_ready()
         trio.run(_serve_until_stopped)

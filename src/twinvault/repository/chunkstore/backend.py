@@ -60,6 +60,16 @@ class FileAdoptingBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class FileBackedBackend(Protocol):
+    """A backend whose blobs are files on this machine: a reader may map them into
+    memory instead of copying them (`fetch.BlobFetcher.get_views`)."""
+
+    def local_path(self, name: str) -> Path:
+        """Where the file of `name` is (it may not exist)."""
+        ...
+
+
 def check_name(name: str) -> str:
     """Refuse names that could escape a backend's namespace (absolute, `..`, empty parts)."""
     parts = name.split("/")

@@ -61,6 +61,9 @@ class LocalBackend:
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
 
+    def local_path(self, name: str) -> Path:
+        return self._path(name)
+
     def _reachable(self) -> None:
         # A missing root is an unmounted disk, not an empty store: never answer "no such name".
         if not self.root.is_dir():

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.repository.chunkstore.backend import Backend, FileAdoptingBackend
+from twinvault.repository.chunkstore.backend import Backend, FileAdoptingBackend, FileBackedBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +113,10 @@ class RetryingBackend:
 
     def load(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._call(lambda: self.inner.load(name, offset, length))
+
+    def local_path(self, name: str) -> Path | None:
+        """The file of `name` if the backend keeps its blobs as local files, else None."""
+        return self.inner.local_path(name) if isinstance(self.inner, FileBackedBackend) else None
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
         return self._call(lambda: self.inner.list(prefix))

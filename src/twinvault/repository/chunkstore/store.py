@@ -284,6 +284,11 @@ class ChunkStore:
         """
         return self._fetch.get_many(digests)
 
+    def get_views(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | memoryview]]:
+        """`get_many` without copying chunks stored as they are out of the buffer they were
+        read into (`fetch.BlobFetcher.get_views`): for readers that only pass them on."""
+        return self._fetch.get_views(digests)
+
     def _locate(self, wanted: list[tuple[bytes, bytes]]) -> list[tuple[str, BlobEntry]]:
         return locate_in(self.index, wanted, self._writer.pending)
 
