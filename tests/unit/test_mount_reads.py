@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from twinvault.daemon.mount_service import check_fuse
 from twinvault.fsmeta import Meta
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -192,3 +193,11 @@ def test_inodes_are_stable_and_hard_links_share_one(catalog: Catalog) -> None:
             assert tree.chunk_list(names[b"b"]) == [Piece(b"a" * 32, 3)]
         else:
             assert names == {}
+
+
+def test_without_a_fuse_device_a_mount_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(TwinvaultError) as exc:
+        check_fuse(tmp_path / "no-fuse")
+    assert exc.value.code == errors.FUSE_UNAVAILABLE
+    assert str(tmp_path / "no-fuse") in exc.value.message and "fuse3" in exc.value.message
+    assert check_fuse().endswith("fusermount3")  # this machine has FUSE

@@ -136,6 +136,9 @@ class MountService:
         self._children: dict[str, asyncio.subprocess.Process] = {}  # by mount id
         self._watchers: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._spare: tuple[str, asyncio.subprocess.Process] | None = None
+        self._stopping = False
+        self._ready_notes: dict[str, str] = {}  # what each child said it spent, for the log
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -155,7 +158,9 @@ class MountService:
             await self._cleaned(record)
 
     async def stop(self) -> None:
+        self._stopping = True
         async with self._lock:
+            await self._discard_spare()
             for record in list(self._records.values()):
                 await self._stop(record)
 
@@ -167,13 +172,25 @@ class MountService:
     async def mount(
         self, image: str, *, live: bool, snapshot: int | None, at: str | None, mountpoint: str
     ) -> dict[str, Any]:
+        started = time.monotonic()
         await asyncio.to_thread(check_fuse)
         t = await self._instant(image, live=live, snapshot=snapshot, at=at)
         point = "live" if live else f"snapshot {snapshot}" if snapshot is not None else str(at)
         async with self._lock:
             real = await asyncio.to_thread(check_mountpoint, mountpoint)
+            checked = time.monotonic()
             record = await self._start_child(image, point, t, real)
             self._records[real] = record
+        log.info(
+            "mounted %s at %s (%s) in process %d: checks %.3f s, mount process %.3f s (%s)",
+            image,
+            real,
+            point,
+            record.pid,
+            checked - started,
+            time.monotonic() - checked,
+            self._ready_notes.pop(record.id, ""),
+        )
         return record.view()
 
     async def umount(self, mountpoint: str) -> dict[str, Any]:
@@ -210,28 +227,53 @@ class MountService:
 
     # -- children ------------------------------------------------------------------------
 
-    async def _start_child(self, image: str, point: str, t: int, mountpoint: str) -> MountRecord:
+    async def _spawn(self) -> tuple[str, asyncio.subprocess.Process]:
+        """A mount process that has done its imports and waits for its spec on stdin."""
         self._dir.mkdir(parents=True, exist_ok=True)
         mount_id = secrets.token_hex(6)
-        spec = {
-            "id": mount_id,
+        with open(self._dir / f"{mount_id}.log", "ab") as log_file:  # the child keeps its own
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                _CHILD_MODULE,
+                mount_id,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        return mount_id, proc
+
+    async def _prepare_spare(self) -> None:
+        """Start the process the next mount will use: its interpreter and imports (about
+        half a second) are then paid before that mount is asked for, not while it waits."""
+        if self._spare is None and not self._stopping:
+            self._spare = await self._spawn()
+
+    async def _discard_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await _end(spare[1])
+            (self._dir / f"{spare[0]}.log").unlink(missing_ok=True)
+
+    async def _start_child(self, image: str, point: str, t: int, mountpoint: str) -> MountRecord:
+        spec: dict[str, Any] = {
             "home": str(self._home.root),
             "image": image,
             "t": t,
             "mountpoint": mountpoint,
         }
+        mount_id, proc = self._spare if self._spare is not None else await self._spawn()
+        self._spare = None
+        if not await _hand(proc, spec):  # the spare died meanwhile
+            await _end(proc)
+            (self._dir / f"{mount_id}.log").unlink(missing_ok=True)
+            mount_id, proc = await self._spawn()
+            await _hand(proc, spec)
+        spare = asyncio.create_task(self._prepare_spare())
+        self._watchers.add(spare)
+        spare.add_done_callback(self._watchers.discard)
         log_path = self._dir / f"{mount_id}.log"
-        with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                _CHILD_MODULE,
-                json.dumps(spec),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-            )
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
@@ -249,12 +291,14 @@ class MountService:
                 errors.MOUNT_FAILED, f"{mountpoint}: {tail or 'the mount process gave no answer'}"
             )
         record = MountRecord(mount_id, proc.pid, mountpoint, image, point, t, time.time())
+        self._ready_notes[mount_id] = ", ".join(
+            f"{k} {v:.3f} s" for k, v in reply.items() if isinstance(v, float)
+        )
         write_private(self._dir / f"{mount_id}.json", json.dumps(asdict(record)).encode())
         self._children[mount_id] = proc
         watcher = asyncio.create_task(self._watch(record, proc))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
-        log.info("mounted %s at %s (%s) in process %d", image, mountpoint, point, proc.pid)
         return record
 
     async def _watch(self, record: MountRecord, proc: asyncio.subprocess.Process) -> None:
@@ -293,6 +337,18 @@ def _parse_reply(line: bytes) -> dict[str, Any]:
     return reply if isinstance(reply, dict) else {}
 
 
+async def _hand(proc: asyncio.subprocess.Process, spec: dict[str, Any]) -> bool:
+    """Give a waiting mount process its spec; False if it is gone."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
 async def _end(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM to the child's process group, SIGKILL if it does not go; reaped."""
     with contextlib.suppress(ProcessLookupError):
@@ -311,7 +367,8 @@ def _is_our_child(record: MountRecord) -> bool:
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return _CHILD_MODULE.encode() in cmdline and f'"id": "{record.id}"'.encode() in cmdline
+    args = cmdline.split(b"\0")
+    return _CHILD_MODULE.encode() in args and record.id.encode() in args
 
 
 def _stop_orphan(record: MountRecord) -> None:
@@ -360,9 +417,11 @@ def _serve_mount(spec: dict[str, Any], reply: Any) -> None:
     )
     cache = ChunkCache(store)
     try:
+        opened = time.monotonic()
         tree = InstantTree(catalog, spec["image"], int(spec["t"]))
         fs = PointInTimeFs(tree, cache)
-        serve(fs, spec["mountpoint"], f"twinvault:{spec['image']}", lambda: reply({"ready": True}))
+        seconds = {"open": opened - spec["waited"], "tree": time.monotonic() - opened}
+        serve(fs, spec["mountpoint"], f"twinvault:{spec['image']}", lambda: reply({"ready": True, **seconds}))
     finally:
         cache.close()
         store.close()
@@ -370,8 +429,17 @@ def _serve_mount(spec: dict[str, Any], reply: Any) -> None:
 
 
 def child_main(argv: list[str]) -> int:
+    """``python -m twinvault.daemon.mount_service MOUNT_ID``: import what a mount needs,
+    then wait for the spec (one JSON line on stdin; end of file: not needed, exit)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = json.loads(argv[0])
+    for module in ("twinvault.pit.mount", "twinvault.repository.chunkstore"):
+        importlib.import_module(module)  # pyfuse3, trio, the store: before the spec arrives
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    spec = json.loads(line)
+    waited = time.monotonic()
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing else may write into the reply pipe
 
@@ -381,7 +449,7 @@ def child_main(argv: list[str]) -> int:
             answer.close()
 
     try:
-        _serve_mount(spec, reply)
+        _serve_mount({**spec, "waited": waited}, reply)
     except TwinvaultError as exc:
         log.error("mount failed: %s", exc)
         reply(exc.to_json())
