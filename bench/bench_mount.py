@@ -193,9 +193,7 @@ def main() -> int:
     parser.add_argument("--only", choices=["throughput", "first-byte"])
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    print(
-        f"bench_mount: cpus={os.cpu_count()} python={sys.version.split()[0]}; caches dropped before each timed side"
-    )
+    print(f"bench_mount: cpus={os.cpu_count()} python={sys.version.split()[0]}; caches dropped before timing")
     print(code_note())
     with bench_dir(args.keep) as base:
         if args.only in (None, "throughput"):
