@@ -28,10 +28,15 @@ class MirrorPlan:
     skipped_bytes: int = 0
     orphans: list[str] = field(default_factory=list)
 
+    # Directories above the selection the mirror refreshes: their times drift with
+    # everything else in them and capture does not follow them, so they are no difference.
+    ancestors_sent: list[str] = field(default_factory=list)
+
     @property
     def differences(self) -> list[str]:
-        """What a verify reports: every path the mirror would send (one list, not two)."""
-        return self.to_send
+        """What a verify reports: every path in the selection the mirror would send."""
+        outside = set(self.ancestors_sent)
+        return [p for p in self.to_send if p not in outside]
 
     content_differs: list[str] = field(default_factory=list)  # same size and time, other bytes
 
@@ -41,6 +46,7 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
     seen: set[str] = set()
     for ancestor in selection.ancestors():
         _compare(ancestor, view, plan, seen, checksum=False)
+    plan.ancestors_sent = list(plan.to_send)
     for root in selection.roots:
         _walk(root, selection, view, plan, seen, checksum)
     prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)

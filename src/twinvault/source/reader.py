@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FRAME_PAYLOAD = 4 * 1024 * 1024
 PREFETCH_THREADS = 4
+VANISHED_KEPT = 10_000
 HASH = 32
 
 
@@ -65,6 +66,9 @@ class Reader:
         # several reads at once far faster than one after another.
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
         self._prefetched: dict[str, tuple[os.stat_result, bytes]] = {}
+        # Changed paths that were gone when read: a rename of a directory above them may
+        # still be on its way (its barrier queued behind them); it brings them back.
+        self._vanished: set[str] = set()
 
     def prefetch(self, items: list[Item]) -> None:
         """Read the small regular files among ``items`` ahead (results used by ``_file``
@@ -99,6 +103,7 @@ class Reader:
         if old_in and new_in:
             self.stream.emit(m.RENAME, [m.wire_path(b.path), m.wire_path(b.new_path)], replication=True)
             self.view.renamed(b.path, b.new_path)
+            self._found_again(b.path, b.new_path)
         elif old_in:
             self.stream.emit(m.DELETE, [m.wire_path(b.path)], replication=True)
             self.view.deleted(b.path)
@@ -116,6 +121,10 @@ class Reader:
             if path in self.view.entries or replication:
                 self.stream.emit(m.DELETE, [m.wire_path(path)], replication=replication)
                 self.view.deleted(path)
+            if replication:
+                if len(self._vanished) >= VANISHED_KEPT:
+                    self._vanished.clear()  # old ones: the next difference mirror covers them
+                self._vanished.add(path)
             return
         except OSError as exc:
             log.warning("cannot stat %s: %s", path, exc.strerror)
@@ -143,6 +152,16 @@ class Reader:
         else:
             self.stream.emit(m.SPECIAL, [m.wire_path(path), meta.to_wire()], replication=replication)
             self.view.sent_other(path, _entry(meta, b""))
+
+    def _found_again(self, old: str, new: str) -> None:
+        """Paths read (and found gone) before the rename of a directory above them reached
+        the reader are under the new name now: read them again there."""
+        if not self._vanished:
+            return
+        prefix = old.rstrip("/") + "/"
+        for path in [p for p in self._vanished if p == old or p.startswith(prefix)]:
+            self._vanished.discard(path)
+            self._mark_again(new + path[len(old) :])
 
     def _mark_children(self, path: str) -> None:
         try:
