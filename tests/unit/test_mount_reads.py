@@ -73,17 +73,22 @@ def read(file: OpenFile, cache: ChunkCache, offset: int, size: int) -> bytes:
 
 
 def test_a_read_fetches_only_the_chunks_under_it_and_holes_read_as_zeros() -> None:
-    pieces, chunks, whole = make_file([1000, 5000, 3000, 7000, 2000], holes=[2])
+    sizes = [64 << 10] * 80  # 5 MiB
+    pieces, chunks, whole = make_file(sizes, holes=[48])
     source = CountingSource(chunks)
     cache = ChunkCache(source)
     file = OpenFile(b"/f", pieces)
     assert file.size == len(whole)
-    assert read(file, cache, 8000, 2000) == whole[8000:10000]  # the hole and the next chunk
-    assert source.asked == [pieces[3].digest]
-    assert read(file, cache, 1200, 10) == whole[1200:1210]  # a jump: no read-ahead
-    assert source.asked == [pieces[3].digest, pieces[1].digest]
+    at = 48 * (64 << 10) - 1000  # the end of chunk 47, and the hole after it
+    assert read(file, cache, at, 2000) == whole[at : at + 2000]  # far from the start: a jump
+    assert source.asked == [pieces[47].digest]
+    assert read(file, cache, 10 << 10, 10) == whole[10 << 10 : (10 << 10) + 10]  # another jump
+    assert source.asked == [pieces[47].digest, pieces[0].digest]
     assert read(file, cache, len(whole) - 5, 100) == whole[-5:]  # cut at the end of the file
     assert read(file, cache, len(whole), 100) == b""
+    small, small_chunks, small_whole = make_file([1000, 5000, 3000], holes=[1])
+    tiny = OpenFile(b"/s", small)
+    assert read(tiny, ChunkCache(CountingSource(small_chunks)), 0, 9000) == small_whole
     cache.close()
 
 

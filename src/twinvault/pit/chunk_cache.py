@@ -26,9 +26,10 @@ CACHE_BYTES: Final = 96 << 20  # decoded chunks kept (64 KiB each on average)
 AHEAD_FIRST: Final = 1 << 20  # read-ahead after the first sequential read ...
 AHEAD_MAX: Final = 16 << 20  # ... doubling up to this while reads stay sequential
 BATCH_BYTES: Final = 4 << 20  # chunks per store request: one run read (or mapped) at once
-# Fetch threads: a run's pages come from disk while others hash theirs (BLAKE3 and the
-# map release the GIL); four kept a cold 2-core machine's disk and cores busier than two.
-FETCH_THREADS: Final = 4
+# Fetch threads: one maps a run (its pages come from disk) while the other hashes its
+# own (BLAKE3 and the map release the GIL); on the 2-core test machines four read no
+# faster than two and cost a third more CPU in hand-offs.
+FETCH_THREADS: Final = 2
 
 
 _QUEUED: Final[Future[None]] = Future()  # in a batch being gathered (never waited on)
@@ -173,20 +174,27 @@ class OpenFile:
         return (first, last)
 
     def plan(self, offset: int, size: int) -> tuple[list[Piece], list[Piece]]:
-        """The pieces this read needs, and those to request ahead of it."""
+        """The pieces this read needs, and those to request ahead of it.
+
+        A read near the head of the stream (the kernel sends several of one sequential
+        reader's requests at once, and they need not arrive in order) keeps it
+        sequential; a read anywhere else is a jump, which drops the read-ahead until the
+        reads prove sequential again."""
         first, last = self.span(offset, size)
         needed = self.pieces[first:last]
-        if offset == self._next:
+        slack = max(self._window, AHEAD_FIRST)
+        if self._next - slack <= offset <= self._next + slack:
             self._window = min(max(self._window * 2, AHEAD_FIRST), self._ahead_max)
-        else:  # a jump: start over from here, without read-ahead until it proves sequential
+            self._next = max(self._next, offset + size)
+        else:
             self._window = 0
             self._ahead = last
-        self._next = offset + size
+            self._next = offset + size
         if not self._window:
             return needed, []
-        _, until = self.span(offset + size, self._window)
+        _, until = self.span(self._next, self._window)
         start = max(last, self._ahead)
-        if until <= start or self.starts[start] - (offset + size) >= self._window // 2:
+        if until <= start or self.starts[start] - self._next >= self._window // 2:
             return needed, []  # more than half a window is requested already
         # Topped up half a window or more at a time: the store reads it in large runs.
         self._ahead = until
