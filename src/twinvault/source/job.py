@@ -7,8 +7,9 @@ difference mirror, because capture is a hint and the mirror is the truth. A queu
 that fills up auto-disconnects (4007/4008) and drops its content: the next mirror
 finds everything it held.
 
-Threads: the event loop runs capture, the link and timers; one reader thread turns
-the change set into ops (file I/O, chunking, hashing never run on the loop).
+Threads: the event loop runs capture, the session and timers; one reader thread turns
+the change set into ops (file I/O, chunking, hashing never run on the loop); the link's
+own thread takes queued frames (``_take_frames``) and does the TLS and socket work.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from twinvault.memory import release_free_memory
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
+from twinvault.protocol.connection import connect_link
 from twinvault.protocol.link import Link
-from twinvault.protocol.tls import check_pinned, client_context
+from twinvault.protocol.tls import client_context
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
@@ -51,8 +53,7 @@ RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # The repository answers every status frame (sent at least every STATUS_INTERVAL);
 # this long without any frame from it means the link is dead.
 STATUS_INTERVAL = 2.0
-SEND_BATCH_BYTES = 1024 * 1024
-READ_AHEAD_BYTES = 8 * SEND_BATCH_BYTES
+READ_AHEAD_BYTES = 8 * 1024 * 1024
 LINK_TIMEOUT = 10.0
 MIRROR_MARK = "mirror-complete"
 
@@ -116,7 +117,6 @@ class ProtectionJob:
         self._emit = emit
         self._capture_method = capture_method
         self.changes = ChangeSet()
-        self._wake_sender = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.queue = OpQueue(queue_dir / spec.job_id, queue_limits, notify=self._notify_sender)
         self._stream_file = queue_dir / spec.job_id / "stream.json"
@@ -208,7 +208,9 @@ class ProtectionJob:
         }
 
     def _notify_sender(self) -> None:
-        self._loop.call_soon_threadsafe(self._wake_sender.set)
+        link = self._link
+        if link is not None:
+            link.wake()
 
     # -- capture -----------------------------------------------------------------
 
@@ -303,7 +305,7 @@ class ProtectionJob:
         self.queue.clear()
         self.changes.clear()
         if self._link is not None:
-            self._link.writer.close()
+            self._link.abort()
         self._emit(
             ev.AUTO_DISCONNECT_SUCCEEDED,
             **self._fields(),
@@ -371,18 +373,14 @@ class ProtectionJob:
                 await asyncio.sleep(RECONNECT_DELAYS[0])
 
     async def _connect(self) -> Link:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self.spec.repository_address,
-                self.spec.repository_peer_port,
-                ssl=client_context(),
-                server_hostname=self.spec.repository_name or None,
-            ),
-            timeout=10,
+        link = await connect_link(
+            self.spec.repository_address,
+            self.spec.repository_peer_port,
+            context=client_context(),
+            server_hostname=self.spec.repository_name or None,
+            fingerprint=self.spec.repository_fingerprint,
         )
-        link = Link(reader, writer)
         try:
-            check_pinned(writer.get_extra_info("ssl_object"), self.spec.repository_fingerprint)
             await link.send(
                 [
                     m.HELLO,
@@ -396,8 +394,7 @@ class ProtectionJob:
                     },
                 ]
             )
-            await link.flush()
-            reply = await asyncio.wait_for(link.recv(), 15)
+            reply = await link.recv(15)
         except BaseException:
             await link.close()
             raise
@@ -417,8 +414,9 @@ class ProtectionJob:
         self.target_status = "Processing"
         self.last_error = None
         self.queue.rewind()
+        link.set_feed(self._take_frames)
         receiver = asyncio.create_task(self._receive(link))
-        sender = asyncio.create_task(self._send(link))
+        sender = asyncio.create_task(self._send_status(link))
         self._link_tasks = (receiver, sender)
         try:
             checksum = self._checksum_next
@@ -515,7 +513,7 @@ class ProtectionJob:
     async def _receive(self, link: Link) -> None:
         while True:
             try:
-                msg = await asyncio.wait_for(link.recv(), LINK_TIMEOUT)
+                msg = await link.recv(LINK_TIMEOUT)
             except TimeoutError:
                 raise ConnectionError(f"no answer from the repository for {LINK_TIMEOUT:.0f} s") from None
             kind = msg[0]
@@ -550,26 +548,19 @@ class ProtectionJob:
             else:
                 raise TwinvaultError(-1007, f"unexpected {kind!r} from the repository")
 
-    async def _send(self, link: Link) -> None:
-        last_status = 0.0
+    def _take_frames(self, budget: int) -> list[bytes]:
+        """The link's feed, called on its thread: the next frames of the queue, about
+        ``budget`` bytes (many small frames then go out in one write), counted as sent."""
+        items = self.queue.take_many(budget)
+        for item in items:
+            self._count_sent(item)
+        return [item.frame for item in items]
+
+    async def _send_status(self, link: Link) -> None:
+        """The job's status, also the heartbeat the repository answers with an ack."""
         while True:
-            # Many small frames go out in one write: one TLS record and one syscall for
-            # a run of small files instead of one each.
-            items = self.queue.take_many(SEND_BATCH_BYTES)
-            if not items:
-                await link.flush()
-                self._wake_sender.clear()
-                if self.queue.empty():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake_sender.wait(), 1.0)
-            else:
-                await link.send_raw(items[0].frame if len(items) == 1 else b"".join(i.frame for i in items))
-                for item in items:
-                    self._count_sent(item)
-            now = time.monotonic()
-            if now - last_status > STATUS_INTERVAL:
-                last_status = now
-                await link.send([m.STATUS, self.status()])
+            await link.send([m.STATUS, self.status()])
+            await asyncio.sleep(STATUS_INTERVAL)
 
     def _count_sent(self, item: QueuedFrame) -> None:
         self._sent_seq = item.seq
