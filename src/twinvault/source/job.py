@@ -39,7 +39,7 @@ from twinvault.protocol.tls import client_context
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
-from twinvault.source.mirror import MirrorPlan, plan_mirror, warm_tree
+from twinvault.source.mirror import MirrorPlan, plan_mirror, walk_selection
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
@@ -451,15 +451,16 @@ class ProtectionJob:
             **self._fields(),
         )
         await self._sent_through(self.stream.last_seq)
-        warming = asyncio.create_task(asyncio.to_thread(warm_tree, self.selection))
+        # The source's walk runs while the repository walks its image and streams it.
+        walking = asyncio.create_task(asyncio.to_thread(walk_selection, self.selection))
         try:
             view = await self._request_manifest(link, checksum)
-            await warming
+            walk = await walking
         finally:
-            warming.cancel()
+            walking.cancel()
         self.view = view
         self.reader.view = view
-        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
+        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum, walk=walk)
         for waiter in self._verify_waiters:
             if not waiter.done():
                 waiter.set_result(plan)
