@@ -1,12 +1,11 @@
 """Peer frames round-trip, and a broken or hostile peer's frame is refused with a code.
 
-`read_frame` is driven through a real `asyncio.StreamReader` fed the bytes a peer would
-send; nothing stands in for the decoder.
+The link's `FrameReader` is fed the bytes a peer would send, as a socket delivers them
+(in pieces of any size); nothing stands in for the decoder.
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from typing import Any
 
@@ -15,15 +14,26 @@ import pytest
 
 from twinvault.ops.errors import FRAME_TOO_LARGE, MALFORMED_FRAME, TwinvaultError
 from twinvault.protocol import messages as m
-from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body, encode_frame, read_frame
+from twinvault.protocol.frames import MAX_FRAME_BYTES, FrameReader, decode_body, encode_frame
 
 
-def stream_of(data: bytes, *, eof: bool = True) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    if eof:
-        reader.feed_eof()
-    return reader
+def received(data: bytes, piece: int = 1 << 30) -> tuple[list[tuple[list[Any], int]], TwinvaultError | None]:
+    """Feed ``data`` to a FrameReader in pieces of ``piece`` bytes; every frame it cut."""
+    reader = FrameReader(capacity=4096)
+    frames: list[tuple[list[Any], int]] = []
+    for at in range(0, len(data), piece):
+        part = data[at : at + piece]
+        while part:
+            space = reader.space()
+            n = min(len(space), len(part))
+            space[:n] = part[:n]
+            reader.received(n)
+            part = part[n:]
+            cut, error = reader.cut()
+            frames += cut
+            if error is not None:
+                return frames, error
+    return frames, None
 
 
 def test_an_op_frame_round_trips_with_bytes_paths_and_nested_segments() -> None:
@@ -41,13 +51,17 @@ def test_an_op_frame_round_trips_with_bytes_paths_and_nested_segments() -> None:
     assert decode_body(data[4:]) == message
 
 
-async def test_read_frame_reads_frames_back_to_back_and_reports_their_wire_size() -> None:
+@pytest.mark.parametrize("piece", [1, 3, 4096, 1 << 30])
+def test_frames_are_cut_back_to_back_whatever_pieces_they_arrive_in(piece: int) -> None:
     first, second = encode_frame([m.ACK, 5]), encode_frame([m.NEED, 6, b"/a"])
-    reader = stream_of(first + second)
-    assert await read_frame(reader) == ([m.ACK, 5], len(first))
-    assert await read_frame(reader) == ([m.NEED, 6, b"/a"], len(second))
-    with pytest.raises(asyncio.IncompleteReadError):
-        await read_frame(reader)
+    third = encode_frame([m.FDATA, 7, [[m.SEG_DATA, b"h" * 32, bytes(range(256)) * 400]]])
+    frames, error = received(first + second + third + first[:3], piece)
+    assert error is None
+    assert frames == [
+        ([m.ACK, 5], len(first)),
+        ([m.NEED, 6, b"/a"], len(second)),
+        ([m.FDATA, 7, [[m.SEG_DATA, b"h" * 32, bytes(range(256)) * 400]]], len(third)),
+    ]
 
 
 def test_encoding_a_frame_beyond_the_limit_is_refused() -> None:
@@ -56,19 +70,21 @@ def test_encoding_a_frame_beyond_the_limit_is_refused() -> None:
     assert info.value.code == FRAME_TOO_LARGE
 
 
-async def test_an_oversized_announced_length_is_refused_before_the_body_is_read() -> None:
-    # Only the header arrives and the stream stays open: reading a body would hang.
-    reader = stream_of(struct.pack(">I", MAX_FRAME_BYTES + 1), eof=False)
-    with pytest.raises(TwinvaultError) as info:
-        await asyncio.wait_for(read_frame(reader), timeout=5)
-    assert info.value.code == FRAME_TOO_LARGE
+def test_an_oversized_announced_length_is_refused_before_the_body_is_read() -> None:
+    # Only the header arrives: waiting for a body would hang (and allocate it).
+    good = encode_frame([m.ACK, 5])
+    frames, error = received(good + struct.pack(">I", MAX_FRAME_BYTES + 1))
+    assert frames == [([m.ACK, 5], len(good))]  # what came before it is kept
+    assert error is not None and error.code == FRAME_TOO_LARGE
 
 
-async def test_a_frame_of_exactly_the_limit_is_read() -> None:
+def test_a_frame_of_exactly_the_limit_is_read() -> None:
     overhead = len(msgpack.packb(["x", bytes(1 << 20)], use_bin_type=True)) - (1 << 20)
     body = msgpack.packb(["x", bytes(MAX_FRAME_BYTES - overhead)], use_bin_type=True)
     assert len(body) == MAX_FRAME_BYTES
-    message, size = await read_frame(stream_of(struct.pack(">I", len(body)) + body))
+    frames, error = received(struct.pack(">I", len(body)) + body, 1 << 20)
+    assert error is None and len(frames) == 1
+    message, size = frames[0]
     assert message[0] == "x" and size == MAX_FRAME_BYTES + 4
 
 
@@ -121,8 +137,7 @@ def test_a_body_that_is_not_a_kind_array_is_refused(message: Any) -> None:
     assert info.value.code == MALFORMED_FRAME
 
 
-async def test_read_frame_refuses_a_garbage_body_with_its_code() -> None:
-    reader = stream_of(struct.pack(">I", 1) + b"\xc1")
-    with pytest.raises(TwinvaultError) as info:
-        await read_frame(reader)
-    assert info.value.code == MALFORMED_FRAME
+def test_the_frame_reader_refuses_a_garbage_body_with_its_code() -> None:
+    frames, error = received(struct.pack(">I", 1) + b"\xc1" + encode_frame([m.ACK, 5]))
+    assert frames == []  # nothing after a bad frame is trusted
+    assert error is not None and error.code == MALFORMED_FRAME

@@ -41,6 +41,9 @@ class CountingSource:
         for d in digests:
             yield d, self.chunks[d]
 
+    def advise(self, digests: Sequence[bytes]) -> None:
+        pass
+
 
 def make_file(
     sizes: Sequence[int], holes: Iterable[int] = ()

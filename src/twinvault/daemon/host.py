@@ -31,6 +31,8 @@ from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.ops.event_log import EventLog
+from twinvault.protocol.connection import LinkListener, listen_links
+from twinvault.protocol.link import Link
 from twinvault.protocol.tls import fingerprint_of_cert_file, server_context
 from twinvault.repository.receiver import ImageJob, serve_peer
 from twinvault.source.job import JobSpec, ProtectionJob
@@ -50,7 +52,7 @@ class Host:
         self.fingerprint = fingerprint_of_cert_file(home.cert)
         self.source_jobs: dict[str, ProtectionJob] = {}
         self.image_jobs: dict[str, ImageJob] = {}
-        self._peer_server: asyncio.AbstractServer | None = None
+        self._peer_server: LinkListener | None = None
         self.started = time.time()
         self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
         self.mounts = MountService(home, self.config, self.history)
@@ -68,14 +70,11 @@ class Host:
         await self.mounts.start()  # first: a crashed run's mounts still read the store
         await self.history.start()
         await self.recoveries.start()
-        self._peer_server = await asyncio.start_server(
+        self._peer_server = await listen_links(
             self._on_peer,
             self.config.bind_address,
             self.config.peer_port,
-            # The default stream limit (64 KiB) keeps at most ~128 KiB of raw bytes
-            # buffered per link: more would be lost with the link if the source dies,
-            # and TCP flow control is the right place to hold a fast sender back.
-            ssl=server_context(self.home.cert, self.home.key),
+            server_context(self.home.cert, self.home.key),
         )
         self.emit(ev.TARGET_STARTED)
         for path in sorted(self.home.source_jobs.glob("*.json")):
@@ -105,10 +104,9 @@ class Host:
         self.emit(ev.TARGET_STOPPED)
         self.emit(ev.SERVICE_STOPPED)
 
-    async def _on_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_peer(self, link: Link) -> None:
         await serve_peer(
-            reader,
-            writer,
+            link,
             find_job=self.image_jobs.get,
             index_path_for=lambda job: self.home.index_dir / f"{job.image_name}.sqlite",
             emit=self.emit,

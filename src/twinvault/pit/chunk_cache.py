@@ -14,6 +14,7 @@ kernel's requests instead of following them.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, Protocol
 
 from twinvault.repository.chunklist import HOLE_DIGEST, Piece
+
+log = logging.getLogger(__name__)
 
 CACHE_BYTES: Final = 96 << 20  # decoded chunks kept (64 KiB each on average)
 AHEAD_FIRST: Final = 1 << 20  # read-ahead after the first sequential read ...
@@ -40,6 +43,8 @@ class ChunkSource(Protocol):
     """Where chunks come from: `ChunkStore` or `StoreReader`."""
 
     def get_views(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, bytes | memoryview]]: ...
+
+    def advise(self, digests: Sequence[bytes]) -> None: ...
 
 
 class ChunkCache:
@@ -84,6 +89,7 @@ class ChunkCache:
         for before all of `pieces` are cached or failed (see `cached`)."""
         waits: dict[int, Future[None]] = {}
         batch: list[bytes] = []
+        batches: list[list[bytes]] = []
         size = 0
         with self._lock:
             for piece in pieces:
@@ -99,11 +105,23 @@ class ChunkCache:
                 batch.append(digest)
                 size += piece.length
                 if size >= self._batch_bytes:
-                    self._submit_locked(batch, waits)
+                    batches.append(batch)
                     batch, size = [], 0
             if batch:
+                batches.append(batch)
+            if len(batches) > 1:
+                # Several batches (a read-ahead window): the disk starts on all of them
+                # now, not on each only when a thread takes it up.
+                self._pool.submit(self._advise, [d for b in batches for d in b])
+            for batch in batches:
                 self._submit_locked(batch, waits)
         return list(waits.values())
+
+    def _advise(self, digests: list[bytes]) -> None:
+        try:
+            self._source.advise(digests)
+        except Exception as exc:  # advice only: the fetch itself reports what is wrong
+            log.debug("read-ahead advice failed: %s", exc)
 
     def _submit_locked(self, digests: list[bytes], waits: dict[int, Future[None]]) -> None:
         future = self._pool.submit(self._load, digests)

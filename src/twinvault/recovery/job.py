@@ -27,9 +27,9 @@ from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.opstream import PointInTimeStream, versions_for
 from twinvault.protocol import messages as m
+from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.frames import encode_frame
 from twinvault.protocol.link import Link
-from twinvault.protocol.tls import check_pinned, client_context
 from twinvault.repository.catalog import Version, open_catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.threads import iterate_in_thread
@@ -166,39 +166,14 @@ class RecoveryJob:
     # -- the link --------------------------------------------------------------------------
 
     async def _connect(self) -> tuple[Link, int]:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self.spec.target_address,
-                self.spec.target_peer_port,
-                ssl=client_context(),
-                server_hostname=self.spec.target_name or None,
-            ),
-            timeout=10,
-        )
-        link = Link(reader, writer)
-        try:
-            check_pinned(writer.get_extra_info("ssl_object"), self.spec.target_fingerprint)
-            hello = {
-                "proto": m.PROTOCOL_NAME,
-                "version": m.PROTOCOL_VERSION,
-                "job": self.spec.job_id,
-                "token": self.spec.token,
-                "source": self._source_name,
-                "epoch": self.spec.epoch,
-            }
-            await link.send([m.HELLO, hello])
-            await link.flush()
-            reply = await asyncio.wait_for(link.recv(), 15)
-        except BaseException:
-            await link.close()
-            raise
-        if reply[0] == m.REFUSE:
-            await link.close()
-            raise TwinvaultError(int(reply[1]), str(reply[2]))
-        if reply[0] != m.WELCOME:
-            await link.close()
-            raise TwinvaultError(-1007, f"expected welcome, got {reply[0]!r}")
-        welcome = reply[1] if isinstance(reply[1], dict) else {}
+        link, welcome = await open_peer_link(
+            self.spec.target_address,
+            self.spec.target_peer_port,
+            server_hostname=self.spec.target_name or None,
+            fingerprint=self.spec.target_fingerprint,
+            hello={"job": self.spec.job_id, "token": self.spec.token, "source": self._source_name,
+                   "epoch": self.spec.epoch},
+        )  # fmt: skip
         self._emit(ev.CONNECTED, **self._fields())
         return link, int(welcome.get("last_seq") or 0)
 
@@ -249,7 +224,7 @@ class RecoveryJob:
 
     async def _receive(self, link: Link) -> None:
         while True:
-            msg = await asyncio.wait_for(link.recv(), 60)
+            msg = await link.recv(60)
             kind = msg[0]
             if kind == m.ACK:
                 seq = int(msg[1])

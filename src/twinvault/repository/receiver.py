@@ -132,7 +132,7 @@ class Session:
         self.replaced = True
         if self.applier is not None:
             self.applier.stop()
-        self.link.writer.transport.abort()
+        self.link.abort()
 
     async def run(self) -> None:
         try:
@@ -208,7 +208,7 @@ class Session:
 
     async def _receive(self) -> None:
         while True:
-            msg = await asyncio.wait_for(self.link.recv(), PEER_TIMEOUT)
+            msg = await self.link.recv(PEER_TIMEOUT)
             kind = msg[0]
             if kind in m.OP_KINDS:
                 if len(msg) < 2 or not isinstance(msg[1], int):
@@ -416,8 +416,7 @@ def negotiate_version(hello: dict[str, Any]) -> int:
 
 
 async def serve_peer(
-    reader: Any,
-    writer: Any,
+    link: Link,
     *,
     find_job: Callable[[str], ImageJob | None],
     index_path_for: Callable[[ImageJob], Path],
@@ -426,10 +425,9 @@ async def serve_peer(
     history: History | None = None,
 ) -> None:
     """Handle one peer connection from a source until it ends; never raises."""
-    link = Link(reader, writer)
     job: ImageJob | None = None
     try:
-        hello = await asyncio.wait_for(link.recv(), 15)
+        hello = await link.recv(15)
         if hello[0] != m.HELLO or len(hello) < 2 or not isinstance(hello[1], dict):
             raise TwinvaultError(-1007, "first frame is not a hello")
         info = hello[1]

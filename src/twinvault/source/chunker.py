@@ -46,26 +46,24 @@ def iter_pieces(fd: int, size: int, *, sparse: bool = False) -> Iterator[Piece]:
 
 
 def _extent_chunks(fd: int, start: int, length: int) -> Iterator[Piece]:
-    # The last chunk of a window is cut by the window, not by content, so its
-    # bytes are carried into the next window and cut again.
-    carry = b""
+    # The last chunk of a window is cut by the window, not by content, so the next
+    # window starts where that chunk began and cuts it again. Reading those bytes twice
+    # (at most a maximum chunk per window, from the page cache) beats joining them to
+    # the next window, which would copy every byte once more.
     offset, end = start, start + length
-    while True:
-        block = os.pread(fd, min(WINDOW, end - offset), offset) if offset < end else b""
-        offset += len(block)
-        at_end = offset >= end or not block
-        buf = carry + block if carry else block
-        if not buf:
+    while offset < end:
+        block = os.pread(fd, min(WINDOW, end - offset), offset)
+        if not block:
             return
-        view = memoryview(buf)
+        at_end = offset + len(block) >= end or len(block) < min(WINDOW, end - offset)
+        view = memoryview(block)
         chunks = list(_CDC.cut_buf(view))
-        carry = b""
         if not at_end and len(chunks) > 1:
-            last = chunks.pop()
-            carry = bytes(view[last.offset :])
+            chunks.pop()
         for chunk in chunks:
             piece = view[chunk.offset : chunk.offset + chunk.length]
             yield blake3.blake3(piece).digest(), piece
+        offset += chunks[-1].offset + chunks[-1].length
         if at_end:
             return
 

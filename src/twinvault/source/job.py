@@ -7,8 +7,9 @@ difference mirror, because capture is a hint and the mirror is the truth. A queu
 that fills up auto-disconnects (4007/4008) and drops its content: the next mirror
 finds everything it held.
 
-Threads: the event loop runs capture, the link and timers; one reader thread turns
-the change set into ops (file I/O, chunking, hashing never run on the loop).
+Threads: the event loop runs capture, the session and timers; one reader thread turns
+the change set into ops (file I/O, chunking, hashing never run on the loop); the link's
+own thread takes queued frames (``_take_frames``) and does the TLS and socket work.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from twinvault.memory import release_free_memory
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
+from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.link import Link
-from twinvault.protocol.tls import check_pinned, client_context
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
-from twinvault.source.mirror import MirrorPlan, plan_mirror, warm_tree
+from twinvault.source.mirror import MirrorPlan, plan_mirror, walk_selection
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
@@ -51,8 +52,7 @@ RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # The repository answers every status frame (sent at least every STATUS_INTERVAL);
 # this long without any frame from it means the link is dead.
 STATUS_INTERVAL = 2.0
-SEND_BATCH_BYTES = 1024 * 1024
-READ_AHEAD_BYTES = 8 * SEND_BATCH_BYTES
+READ_AHEAD_BYTES = 8 * 1024 * 1024
 LINK_TIMEOUT = 10.0
 MIRROR_MARK = m.MARK_MIRROR_COMPLETE
 
@@ -118,7 +118,6 @@ class ProtectionJob:
         self._capture_method = capture_method
         self._shutdown_command = shutdown_command
         self.changes = ChangeSet()
-        self._wake_sender = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.queue = OpQueue(queue_dir / spec.job_id, queue_limits, notify=self._notify_sender)
         self._stream_file = queue_dir / spec.job_id / "stream.json"
@@ -210,7 +209,9 @@ class ProtectionJob:
         }
 
     def _notify_sender(self) -> None:
-        self._loop.call_soon_threadsafe(self._wake_sender.set)
+        link = self._link
+        if link is not None:
+            link.wake()
 
     # -- capture -----------------------------------------------------------------
 
@@ -305,7 +306,7 @@ class ProtectionJob:
         self.queue.clear()
         self.changes.clear()
         if self._link is not None:
-            self._link.writer.close()
+            self._link.abort()
         self._emit(
             ev.AUTO_DISCONNECT_SUCCEEDED,
             **self._fields(),
@@ -373,42 +374,18 @@ class ProtectionJob:
                 await asyncio.sleep(RECONNECT_DELAYS[0])
 
     async def _connect(self) -> Link:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                self.spec.repository_address,
-                self.spec.repository_peer_port,
-                ssl=client_context(),
-                server_hostname=self.spec.repository_name or None,
-            ),
-            timeout=10,
+        link, _ = await open_peer_link(
+            self.spec.repository_address,
+            self.spec.repository_peer_port,
+            server_hostname=self.spec.repository_name or None,
+            fingerprint=self.spec.repository_fingerprint,
+            hello={
+                "job": self.spec.job_id,
+                "token": self.spec.token,
+                "source": self.spec.source_name,
+                "epoch": self.stream.epoch,
+            },
         )
-        link = Link(reader, writer)
-        try:
-            check_pinned(writer.get_extra_info("ssl_object"), self.spec.repository_fingerprint)
-            await link.send(
-                [
-                    m.HELLO,
-                    {
-                        "proto": m.PROTOCOL_NAME,
-                        "version": m.PROTOCOL_VERSION,
-                        "job": self.spec.job_id,
-                        "token": self.spec.token,
-                        "source": self.spec.source_name,
-                        "epoch": self.stream.epoch,
-                    },
-                ]
-            )
-            await link.flush()
-            reply = await asyncio.wait_for(link.recv(), 15)
-        except BaseException:
-            await link.close()
-            raise
-        if reply[0] == m.REFUSE:
-            await link.close()
-            raise TwinvaultError(int(reply[1]), str(reply[2]))
-        if reply[0] != m.WELCOME:
-            await link.close()
-            raise TwinvaultError(-1007, f"expected welcome, got {reply[0]!r}")
         return link
 
     async def _session(self, link: Link) -> None:
@@ -419,8 +396,9 @@ class ProtectionJob:
         self.target_status = "Processing"
         self.last_error = None
         self.queue.rewind()
+        link.set_feed(self._take_frames)
         receiver = asyncio.create_task(self._receive(link))
-        sender = asyncio.create_task(self._send(link))
+        sender = asyncio.create_task(self._send_status(link))
         self._link_tasks = (receiver, sender)
         try:
             checksum = self._checksum_next
@@ -457,15 +435,16 @@ class ProtectionJob:
             **self._fields(),
         )
         await self._sent_through(self.stream.last_seq)
-        warming = asyncio.create_task(asyncio.to_thread(warm_tree, self.selection))
+        # The source's walk runs while the repository walks its image and streams it.
+        walking = asyncio.create_task(asyncio.to_thread(walk_selection, self.selection))
         try:
             view = await self._request_manifest(link, checksum)
-            await warming
+            walk = await walking
         finally:
-            warming.cancel()
+            walking.cancel()
         self.view = view
         self.reader.view = view
-        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum)
+        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum, walk=walk)
         for waiter in self._verify_waiters:
             if not waiter.done():
                 waiter.set_result(plan)
@@ -523,7 +502,7 @@ class ProtectionJob:
     async def _receive(self, link: Link) -> None:
         while True:
             try:
-                msg = await asyncio.wait_for(link.recv(), LINK_TIMEOUT)
+                msg = await link.recv(LINK_TIMEOUT)
             except TimeoutError:
                 raise ConnectionError(f"no answer from the repository for {LINK_TIMEOUT:.0f} s") from None
             kind = msg[0]
@@ -572,26 +551,19 @@ class ProtectionJob:
                    action=f"running {self._shutdown_command!r}")  # fmt: skip
         await asyncio.create_subprocess_exec("/bin/sh", "-c", self._shutdown_command, start_new_session=True)
 
-    async def _send(self, link: Link) -> None:
-        last_status = 0.0
+    def _take_frames(self, budget: int) -> list[bytes]:
+        """The link's feed, called on its thread: the next frames of the queue, about
+        ``budget`` bytes (many small frames then go out in one write), counted as sent."""
+        items = self.queue.take_many(budget)
+        for item in items:
+            self._count_sent(item)
+        return [item.frame for item in items]
+
+    async def _send_status(self, link: Link) -> None:
+        """The job's status, also the heartbeat the repository answers with an ack."""
         while True:
-            # Many small frames go out in one write: one TLS record and one syscall for
-            # a run of small files instead of one each.
-            items = self.queue.take_many(SEND_BATCH_BYTES)
-            if not items:
-                await link.flush()
-                self._wake_sender.clear()
-                if self.queue.empty():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake_sender.wait(), 1.0)
-            else:
-                await link.send_raw(items[0].frame if len(items) == 1 else b"".join(i.frame for i in items))
-                for item in items:
-                    self._count_sent(item)
-            now = time.monotonic()
-            if now - last_status > STATUS_INTERVAL:
-                last_status = now
-                await link.send([m.STATUS, self.status()])
+            await link.send([m.STATUS, self.status()])
+            await asyncio.sleep(STATUS_INTERVAL)
 
     def _count_sent(self, item: QueuedFrame) -> None:
         self._sent_seq = item.seq

@@ -9,8 +9,10 @@ lacks are *orphans*.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from array import array
 from dataclasses import dataclass, field
 
 from twinvault import fsmeta
@@ -41,14 +43,51 @@ class MirrorPlan:
     content_differs: list[str] = field(default_factory=list)  # same size and time, other bytes
 
 
-def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = False) -> MirrorPlan:
-    plan = MirrorPlan()
-    seen: set[str] = set()
+class SourceWalk:
+    """What one walk of the selection found: each entry's path and the lstat fields the
+    comparison needs, kept compact (five integers in one array, not a stat object),
+    because a difference mirror takes the walk while the manifest is still arriving."""
+
+    __slots__ = ("fields", "paths")
+    WIDTH = 5  # st_mode, st_uid, st_gid, st_size, st_mtime_ns
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.fields = array("q")
+
+    def add(self, path: str, st: os.stat_result) -> None:
+        self.paths.append(path)
+        self.fields.extend((st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns))
+
+
+def walk_selection(selection: Selection) -> SourceWalk:
+    """Walk the selection (and the ancestors of its roots) in the plan's order: each
+    directory's entries by name, then its subdirectories. Run while the repository
+    walks its image, so the two walks overlap; the plan then only compares."""
+    walk = SourceWalk()
     for ancestor in selection.ancestors():
-        _compare(ancestor, view, plan, seen, checksum=False)
-    plan.ancestors_sent = list(plan.to_send)
+        with contextlib.suppress(OSError):
+            walk.add(ancestor, os.lstat(ancestor))
     for root in selection.roots:
-        _walk(root, selection, view, plan, seen, checksum)
+        _walk(root, selection, walk)
+    return walk
+
+
+def plan_mirror(
+    selection: Selection, view: RemoteView, *, checksum: bool = False, walk: SourceWalk | None = None
+) -> MirrorPlan:
+    """Compare ``walk`` (a walk of the selection, taken now when not given) with ``view``."""
+    if walk is None:
+        walk = walk_selection(selection)
+    plan = MirrorPlan()
+    fields = walk.fields
+    width = SourceWalk.WIDTH
+    for i, path in enumerate(walk.paths):
+        at = i * width
+        _compare(path, view, plan, checksum, *fields[at : at + width])
+    ancestors = set(selection.ancestors())
+    plan.ancestors_sent = [p for p in plan.to_send if p in ancestors]
+    seen = set(walk.paths)
     prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)
     for path in view.entries:
         if path in seen:
@@ -68,39 +107,12 @@ def plan_mirror(selection: Selection, view: RemoteView, *, checksum: bool = Fals
     return plan
 
 
-def warm_tree(selection: Selection) -> int:
-    """Stat every entry of the selection and keep nothing: run while the repository
-    walks its image, it brings the source's inodes into the cache so that the plan that
-    follows walks warm. The two walks then overlap instead of running one after the
-    other, at no memory cost. Returns the number of entries seen."""
-    seen = 0
-    stack = [r for r in selection.roots if os.path.isdir(r)]
-    while stack:
-        directory = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                for entry in it:
-                    seen += 1
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        else:
-                            entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-    return seen
-
-
-def _walk(
-    root: str, selection: Selection, view: RemoteView, plan: MirrorPlan, seen: set[str], checksum: bool
-) -> None:
+def _walk(root: str, selection: Selection, walk: SourceWalk) -> None:
     try:
         st = os.lstat(root)
     except FileNotFoundError:
         return
-    _compare(root, view, plan, seen, checksum, st)
+    walk.add(root, st)
     if not stat.S_ISDIR(st.st_mode):
         return
     stack = [root]
@@ -120,7 +132,7 @@ def _walk(
                 est = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            _compare(path, view, plan, seen, checksum, est)
+            walk.add(path, est)
             if stat.S_ISDIR(est.st_mode):
                 subdirs.append(path)
         stack.extend(reversed(subdirs))
@@ -130,23 +142,21 @@ def _compare(
     path: str,
     view: RemoteView,
     plan: MirrorPlan,
-    seen: set[str],
     checksum: bool,
-    st: os.stat_result | None = None,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime_ns: int,
 ) -> None:
-    if st is None:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return
-    seen.add(path)
     remote = view.entries.get(path)
-    is_file = stat.S_ISREG(st.st_mode)
-    size = st.st_size if is_file else 0
-    if is_file:
+    is_file = stat.S_ISREG(mode)
+    if not is_file:
+        size = 0
+    else:
         plan.files_total += 1
         plan.bytes_total += size
-    if remote is not None and _same(st, remote):
+    if remote is not None and _same(mode, uid, gid, size, mtime_ns, remote):
         if not checksum or not is_file or _same_content(path, remote):
             plan.skipped_bytes += size
             return
@@ -155,15 +165,13 @@ def _compare(
     plan.bytes_to_send += size
 
 
-def _same(st: os.stat_result, remote: RemoteEntry) -> bool:
-    kind = fsmeta.kind_of(st.st_mode)
-    if kind != remote.kind or stat.S_IMODE(st.st_mode) != remote.mode:
+def _same(mode: int, uid: int, gid: int, size: int, mtime_ns: int, remote: RemoteEntry) -> bool:
+    kind = fsmeta.kind_of(mode)
+    if kind != remote.kind or stat.S_IMODE(mode) != remote.mode:
         return False
-    if st.st_uid != remote.uid or st.st_gid != remote.gid:
+    if uid != remote.uid or gid != remote.gid or mtime_ns != remote.mtime_ns:
         return False
-    if kind == "dir":
-        return st.st_mtime_ns == remote.mtime_ns
-    return st.st_mtime_ns == remote.mtime_ns and (kind != "file" or st.st_size == remote.size)
+    return kind != "file" or size == remote.size
 
 
 def _same_content(path: str, remote: RemoteEntry) -> bool:

@@ -388,7 +388,9 @@ class _SegmentPlanner:
             self._segments.append([m.SEG_REF, digest, len(data)])
             self.reused_bytes += len(data)
             return
-        self._segments.append([m.SEG_DATA, digest, bytes(data)])
+        # The bytes go as they are (a view of the read window): msgpack copies them
+        # into the frame, the one copy they need.
+        self._segments.append([m.SEG_DATA, digest, data])
         self._known.add(digest)
         self.pending_payload += len(data)
         self.new_bytes += len(data)

@@ -97,12 +97,7 @@ class BlobFetcher:
         as a view into the buffer its run was read into: no copy. A view keeps its run's
         buffer alive, so where the wanted blobs are less than half of a run (the rest is
         gaps between them), they are copied out instead."""
-        by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
-        wanted = [(self._codec.store_id(checked_digest(d)), d) for d in dict.fromkeys(digests)]
-        for (pack, entry), (_, digest) in zip(self._locate(wanted), wanted, strict=True):
-            by_pack[pack].append((entry, digest))
-        for pack, items in by_pack.items():
-            items.sort(key=lambda item: item[0].offset)
+        for pack, items in self._by_pack(digests).items():
             for run in _runs(items):
                 start, end = run[0][0].offset, run[-1][0].end
                 try:
@@ -119,6 +114,31 @@ class BlobFetcher:
                     plain = self._decode(digest, entry.store_id, pack, entry, blob)
                     yield digest, plain if dense else bytes(plain)
 
+    def advise(self, digests: Sequence[bytes]) -> None:
+        """Ask the kernel to start reading the runs of `digests` from disk now (where their
+        packs are local files), so a later `get_views` finds them in memory: a thread that
+        maps a run only when it gets to it waits for the disk each time."""
+        for pack, items in self._by_pack(digests).items():
+            fd = self._open_local(pack)
+            if fd is None:
+                continue
+            try:
+                os.posix_fadvise(
+                    fd, items[0][0].offset, items[-1][0].end - items[0][0].offset, os.POSIX_FADV_WILLNEED
+                )
+            finally:
+                os.close(fd)
+
+    def _by_pack(self, digests: Sequence[bytes]) -> dict[str, list[tuple[BlobEntry, bytes]]]:
+        """The blobs of `digests` (each once) by pack, in offset order."""
+        by_pack: dict[str, list[tuple[BlobEntry, bytes]]] = defaultdict(list)
+        wanted = [(self._codec.store_id(checked_digest(d)), d) for d in dict.fromkeys(digests)]
+        for (pack, entry), (_, digest) in zip(self._locate(wanted), wanted, strict=True):
+            by_pack[pack].append((entry, digest))
+        for items in by_pack.values():
+            items.sort(key=lambda item: item[0].offset)
+        return by_pack
+
     def _map(self, pack: str, offset: int, length: int) -> memoryview | None:
         """`length` bytes of a pack that is a local file, mapped (None: it is not local).
 
@@ -126,30 +146,32 @@ class BlobFetcher:
         after the hash. A pack file is never cut short under a mapping of committed blobs:
         packs are immutable once sealed, and recovery only cuts an open pack's tail past
         its last committed blob; removal (GC) leaves a mapping valid."""
+        fd = self._open_local(pack)
+        if fd is None:
+            return None
+        try:
+            if os.fstat(fd).st_size < offset + length:
+                raise TwinvaultError(
+                    errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
+                )
+            base = offset - offset % mmap.ALLOCATIONGRANULARITY
+            # MAP_POPULATE: the pages are read in one go, not faulted in 4 KiB at a time.
+            flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+            mapped = mmap.mmap(fd, offset + length - base, flags, mmap.PROT_READ, offset=base)
+        finally:
+            os.close(fd)
+        return memoryview(mapped)[offset - base :]
+
+    def _open_local(self, pack: str) -> int | None:
+        """A descriptor of the pack's file where it is a local one now (open, sealed, or a
+        backend of files), else None."""
         for path in (self._state.open_pack(pack), self._state.sealed_pack(pack), self._backend_file(pack)):
             if path is None:
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
-            try:
-                if os.fstat(fd).st_size < offset + length:
-                    raise TwinvaultError(
-                        errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
-                    )
-                base = offset - offset % mmap.ALLOCATIONGRANULARITY
-                # MAP_POPULATE: the pages are read in one go, not faulted in 4 KiB at a time.
-                mapped = mmap.mmap(
-                    fd,
-                    offset + length - base,
-                    mmap.MAP_SHARED | mmap.MAP_POPULATE,
-                    mmap.PROT_READ,
-                    offset=base,
-                )
-            finally:
-                os.close(fd)
-            return memoryview(mapped)[offset - base :]
         return None
 
     def _backend_file(self, pack: str) -> Path | None:

@@ -78,6 +78,10 @@ class StoreReader:
         read into (`fetch.BlobFetcher.get_views`): for readers that only pass them on."""
         return self._fetch.get_views(digests)
 
+    def advise(self, digests: Sequence[bytes]) -> None:
+        """Have the disk start reading these chunks now (`fetch.BlobFetcher.advise`)."""
+        self._fetch.advise(digests)
+
     def _locate(self, wanted: list[tuple[bytes, bytes]]) -> list[tuple[str, BlobEntry]]:
         # Blobs the owner has not committed are not in the index, and no version names them.
         return locate_in(self.index, wanted, lambda store_id: None)

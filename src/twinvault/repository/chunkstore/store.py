@@ -289,6 +289,10 @@ class ChunkStore:
         read into (`fetch.BlobFetcher.get_views`): for readers that only pass them on."""
         return self._fetch.get_views(digests)
 
+    def advise(self, digests: Sequence[bytes]) -> None:
+        """Have the disk start reading these chunks now (`fetch.BlobFetcher.advise`)."""
+        self._fetch.advise(digests)
+
     def _locate(self, wanted: list[tuple[bytes, bytes]]) -> list[tuple[str, BlobEntry]]:
         return locate_in(self.index, wanted, self._writer.pending)
 
