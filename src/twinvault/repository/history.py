@@ -100,6 +100,7 @@ class History:
         self.emit = emit
         self._clock = clock
         self.lock = threading.RLock()
+        self._commit_lock = threading.Lock()  # one group commit at a time
         self._pending: list[list[Any]] = []
         self._good: dict[str, set[str]] = {}  # image -> jobs whose mirror is complete and linked
         self._jobs_of: Callable[[str], set[str]] = lambda image: set()
@@ -167,18 +168,26 @@ class History:
         transaction that also stores the journal position it reached. A crash between
         the journal and the catalog is repaired by ``catch_up`` at the next start.
         """
-        with self.lock:
-            self.store.commit()
-            position = self.journal.commit()
-            if not self._pending:
-                return
-            # Popped only once the catalog has them: a failed transaction is retried at
-            # the next commit (and the journal has them anyway).
-            with self.catalog.transaction():
-                for rec in self._pending:
-                    apply_record(self.catalog, rec)
-                self.catalog.set_position(position)
-            self._pending = []
+        with self._commit_lock:
+            # Under the history lock only what must be atomic: which records this commit
+            # covers and where they end in the journal. The syncs run outside it, so the
+            # appliers keep recording while the disk works.
+            with self.lock:
+                pending, self._pending = self._pending, []
+                position = self.journal.write()
+            try:
+                self.store.commit()  # every chunk put so far, a superset of what pending needs
+                self.journal.sync()
+                if not pending:
+                    return
+                with self.lock, self.catalog.transaction():
+                    for rec in pending:
+                        apply_record(self.catalog, rec)
+                    self.catalog.set_position(position)
+            except BaseException:
+                with self.lock:  # retried at the next commit (the journal has them anyway)
+                    self._pending[:0] = pending
+                raise
 
     def catch_up(self) -> int:
         """Apply journal records the catalog has not seen (a crash after the journal's

@@ -90,16 +90,30 @@ class Journal:
 
     def commit(self) -> int:
         """Write and fsync every appended record; return the end position."""
+        position = self.write()
+        self.sync()
+        return position
+
+    def write(self) -> int:
+        """Write every appended record (not yet durable: ``sync`` is); return the end
+        position. Split from ``sync`` so appends can go on while the disk syncs."""
         with self._lock:
             if self._buffer:
                 data = b"".join(self._buffer)
                 self._buffer.clear()
                 _write_all(self._fd, data)
-                os.fsync(self._fd)
                 self._offset += len(data)
                 if self._offset >= SEGMENT_MAX:
+                    os.fsync(self._fd)  # a sealed segment is whole before it is copied
                     self._rotate()
             return position_of(self._segment, self._offset)
+
+    def sync(self) -> None:
+        """fsync what ``write`` wrote, without holding the append lock. Callers serialise
+        write/sync pairs (one group commit at a time), so the descriptor stays open."""
+        with self._lock:
+            fd = self._fd
+        os.fsync(fd)
 
     def end(self) -> int:
         with self._lock:

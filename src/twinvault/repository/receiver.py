@@ -325,6 +325,11 @@ class Session:
             seq = self._applied_seq
             if seq <= self._acked_seq:
                 continue
+            if self.history is not None:
+                # Chunks and journal records are durable before the image index says the
+                # ops are applied, and before anything is acknowledged (docs/history.md).
+                # Off the applier's thread: it goes on applying while the disk syncs.
+                await asyncio.to_thread(self.history.commit)
             await self._in_thread(self._commit, seq)
             assert self.tree is not None
             # syncfs covers the image files and the index's WAL when they share a
@@ -336,10 +341,6 @@ class Session:
 
     def _commit(self, seq: int) -> None:
         assert self.index is not None
-        if self.history is not None:
-            # Chunks and journal records are durable before the image index says the
-            # ops are applied, and before anything is acknowledged (docs/history.md).
-            self.history.commit()
         self.index.set_stream_position(self.job.job_id, self._epoch, seq)
         self.index.commit()
 
