@@ -38,6 +38,9 @@ def digest_of(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
+PROBE_BYTES = 4096
+
+
 def worth_compressing(raw_len: int, compressed_len: int) -> bool:
     return compressed_len <= raw_len - raw_len // 32
 
@@ -66,8 +69,22 @@ class BlobCodec:
             return digest
         return blake3.blake3(digest, key=self.keys.id_key).digest()
 
+    def _probe(self) -> zstandard.ZstdCompressor:
+        p: zstandard.ZstdCompressor | None = getattr(self._local, "p", None)
+        if p is None:
+            p = self._local.p = zstandard.ZstdCompressor(level=1)
+        return p
+
     def encode(self, store_id: bytes, data: bytes) -> tuple[int, bytes]:
         """(flags, payload) of a chunk given plain."""
+        if len(data) >= 4 * PROBE_BYTES:
+            # Already-compressed or random data (media, archives, encrypted files) is
+            # most of a large tree's bytes: a fast look at a sample from its middle saves
+            # a full compression that would be thrown away.
+            middle = len(data) // 2
+            sample = data[middle : middle + PROBE_BYTES]
+            if not worth_compressing(len(sample), len(self._probe().compress(sample))):
+                return self._seal(store_id, 0, data)
         packed = self._compressor().compress(data)
         if worth_compressing(len(data), len(packed)):
             return self._seal(store_id, FLAG_COMPRESSED, packed)
