@@ -10,6 +10,7 @@ from the catalog URL.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import sqlite3
 import urllib.parse
@@ -49,7 +50,7 @@ class DbConnection(Protocol):
     def close(self) -> None: ...
 
 
-class Dialect:
+class Dialect(abc.ABC):
     """SQL and connection differences between the engines; one instance per catalog."""
 
     name: ClassVar[str]
@@ -62,8 +63,8 @@ class Dialect:
     def __init__(self, location: str) -> None:
         self.location = location  # for messages: never holds a password
 
-    def connect(self) -> DbConnection:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def connect(self) -> DbConnection: ...
 
     def sql(self, text: str) -> str:
         """The statement in the driver's placeholder style (the catalog writes `?`)."""
@@ -85,16 +86,17 @@ class Dialect:
         finally:
             cur.close()
 
-    def integrity_ok(self, conn: DbConnection) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def integrity_ok(self, conn: DbConnection) -> bool: ...
 
-    def refresh_statistics(self, conn: DbConnection) -> None:
+    def refresh_statistics(self, conn: DbConnection) -> None:  # noqa: B027 (SQLite needs nothing)
         """Bring the query planner's view of the tables up to date (outside a transaction)."""
 
+    @abc.abstractmethod
     def is_unavailable(self, exc: BaseException) -> bool:
         """The database cannot serve us (gone, locked, damaged, disk full) rather than the
         catalog asking something wrong: shown to users as CATALOG_UNAVAILABLE."""
-        raise NotImplementedError
+        ...
 
 
 class SqliteDialect(Dialect):
