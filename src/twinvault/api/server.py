@@ -7,6 +7,7 @@ says whose fault it was. Routes are listed in ``docs/api.md``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -240,6 +241,24 @@ def build_app(host: Host) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(await host.history.stats())
 
+    async def notify_show(request: web.Request) -> web.Response:
+        return web.json_response(host.notifier.settings_view())
+
+    async def notify_set(request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise TwinvaultError(errors.INVALID_ARGUMENT, "e-mail settings must be a JSON object")
+        # Off the loop: the settings file is fsynced.
+        return web.json_response(await asyncio.to_thread(host.notifier.update, body, str(request["user"])))
+
+    async def notify_test(request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        to = body.get("to") or None
+        if to is not None and not (isinstance(to, list) and all(isinstance(a, str) for a in to)):
+            raise TwinvaultError(errors.INVALID_ARGUMENT, "to must be a list of addresses")
+        sent = await asyncio.to_thread(host.notifier.send_test, to, str(body.get("message") or ""))
+        return web.json_response(sent)
+
     r.add_post("/api/login", login)
     r.add_post("/api/logout", logout)
     r.add_get("/api/host", info)
@@ -264,4 +283,7 @@ def build_app(host: Host) -> web.Application:
     r.add_post("/api/repository/prune", prune)
     r.add_post("/api/repository/check", check)
     r.add_get("/api/repository/stats", stats)
+    r.add_get("/api/notify", notify_show)
+    r.add_put("/api/notify", notify_set)
+    r.add_post("/api/notify/test", notify_test)
     return app

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twinvault.cli import history_cmd, host_cmd, jobs_cmd, monitor_cmd, mount_cmd, protect_cmd, recover_cmd
+from twinvault.cli import (
+    history_cmd,
+    host_cmd,
+    jobs_cmd,
+    monitor_cmd,
+    mount_cmd,
+    notify_cmd,
+    protect_cmd,
+    recover_cmd,
+)
 from twinvault.cli.output import fail
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -14,7 +23,16 @@ from twinvault.ops.errors import TwinvaultError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinvault", description="disk-to-disk backup and recovery")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (host_cmd, protect_cmd, jobs_cmd, monitor_cmd, history_cmd, mount_cmd, recover_cmd):
+    for module in (
+        host_cmd,
+        protect_cmd,
+        jobs_cmd,
+        monitor_cmd,
+        notify_cmd,
+        history_cmd,
+        mount_cmd,
+        recover_cmd,
+    ):
         module.add_parsers(sub)
     return parser
 

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from twinvault.cli.client import ApiClient, split_host
+from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
 from twinvault.cli.output import console, emit_json
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -27,6 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--snapshot-every", metavar="DURATION", help="scheduled snapshots: 90s, 15m, 1h, 1d")
     p.add_argument("--snapshot-start", metavar="TIME", help="first scheduled snapshot (default: now)")
     p.add_argument("--cdp-days", type=float, default=0.0, metavar="N", help="keep every version N days")
+    # The guide's "E-mailing repository server event messages": set on the repository.
+    add_settings_options(p.add_argument_group("e-mail notification of the repository server"), "email-")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=protect)
 
@@ -52,8 +55,11 @@ def protect(args: argparse.Namespace) -> int:
             errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data"
         )
     history = _history_options(args)
+    email = settings_changes(args, "email-")
     source = ApiClient.for_host(args.source)
     repository = ApiClient.for_host(args.repository)
+    if email:
+        apply_settings(repository, email)
     source_info = source.call("GET", "/api/host")
     job_id = uuid.uuid4().hex[:12]
     image = repository.call(

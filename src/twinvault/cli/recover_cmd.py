@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
+from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
 from twinvault.cli.output import console, emit_json, human_bytes
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -36,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--shutdown-source", action="store_true",
                    help="after the recovery mirror, the source runs its shutdown_command")  # fmt: skip
     p.add_argument("--full-server", action="store_true")
+    # The guide's "E-mailing recovery server event messages": set on the recovery server.
+    add_settings_options(p.add_argument_group("e-mail notification of the recovery server"), "email-")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=recover)
 
@@ -48,6 +51,7 @@ def recover(args: argparse.Namespace) -> int:
     for path in args.include:
         if not path.startswith("/"):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"--include takes image paths (absolute): {path}")
+    email = settings_changes(args, "email-")
     repository = ApiClient.for_host(args.repository)
     target = ApiClient.for_host(args.to_server)
     point = {"live": args.live, "snapshot": args.snapshot, "at": args.at, "includes": args.include}
@@ -60,6 +64,8 @@ def recover(args: argparse.Namespace) -> int:
         _print_report(plan, report["errors"], warnings, args.json)
         first = report["errors"][0]
         raise TwinvaultError(int(first["code"]), summary=str(first["message"]))
+    if email:
+        apply_settings(target, email)  # before anything changes: a refusal stops here
     repo_name = repository.call("GET", "/api/host")["name"]
     target_name = target.call("GET", "/api/host")["name"]
     warnings += _original_jobs(repository, args.image, args.original_job, target_name)

@@ -6,6 +6,7 @@ Layout of ``--home`` (see ``docs/formats.md``)::
     tls/cert.pem key.pem   the host's TLS identity (key 0600)
     accounts.json          console accounts, scrypt hashes (0600)
     tokens.json            issued console tokens, stored hashed (0600)
+    notify.json            e-mail notification settings, SMTP password included (0600)
     events/events.log      the event log (rotated)
     source/jobs/ID.json    protection jobs this host is the source of
     repository/jobs/ID.json, repository/index/IMAGE.sqlite   jobs and indexes of images held here
@@ -113,6 +114,10 @@ class Home:
     @property
     def tokens(self) -> Path:
         return self.root / "tokens.json"
+
+    @property
+    def email_settings(self) -> Path:
+        return self.root / "notify.json"
 
     @property
     def events_dir(self) -> Path:

@@ -29,6 +29,7 @@ from twinvault.daemon.recovery_service import RecoveryService
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops import events as ev
+from twinvault.ops.email_notifier import EmailNotifier
 from twinvault.ops.errors import TwinvaultError
 from twinvault.ops.event_log import EventLog
 from twinvault.protocol.connection import LinkListener, listen_links
@@ -49,6 +50,8 @@ class Host:
         self.config: HostConfig = load_config(home)
         self.accounts = Accounts(home.accounts, home.tokens)
         self.events = EventLog(home.events_dir)
+        self.notifier = EmailNotifier(home.email_settings, self.config.name, self.emit)
+        self.events.subscribe(self.notifier.on_event)
         self.fingerprint = fingerprint_of_cert_file(home.cert)
         self.source_jobs: dict[str, ProtectionJob] = {}
         self.image_jobs: dict[str, ImageJob] = {}
@@ -64,6 +67,7 @@ class Host:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.notifier.start()  # first: the start's own events are mailed too
         for path in sorted(self.home.repository_jobs.glob("*.json")):
             raw = json.loads(path.read_text())
             self.image_jobs[raw["job_id"]] = ImageJob(**raw)
@@ -103,6 +107,7 @@ class Host:
         self.emit(ev.SOURCE_STOPPED)
         self.emit(ev.TARGET_STOPPED)
         self.emit(ev.SERVICE_STOPPED)
+        await asyncio.to_thread(self.notifier.stop)  # last: it mails the stop's events
 
     async def _on_peer(self, link: Link) -> None:
         await serve_peer(

@@ -176,6 +176,12 @@ PRUNE_COMPLETED: Final = 9015
 CHECK_FOUND_DAMAGE: Final = 9016
 STORE_RECOVERED_AFTER_CRASH: Final = 9017
 SOURCE_SHUTDOWN_REQUESTED: Final = 9020
+# E-mail notification (ops.email_notifier) and the recovery server's side of a recovery
+EMAIL_SENDING_RESUMED: Final = 9040
+EMAIL_NOT_SENT: Final = 9041
+EMAIL_SETTINGS_CHANGED: Final = 9042
+RECOVERY_RECEIVING: Final = 9045
+RECOVERY_RECEIVED: Final = 9046
 
 # The guide's "%1 (%2) for Replication Set %3, ID: %4": target name, its address, the
 # job's replication set (its name), the job (connection) ID.
@@ -587,6 +593,37 @@ _TWINVAULT_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
         "Recovery",
         "warning",
         "Shutdown of source {source} requested after recovery {job}: {action}",
+    ),
+    (
+        EMAIL_SENDING_RESUMED,
+        "Service",
+        "info",
+        "E-mail notification is functioning properly again: SMTP server {server} accepted an e-mail "
+        "after {failed} failed attempts.",
+    ),
+    (
+        EMAIL_NOT_SENT,
+        "Service",
+        "warning",
+        "{count} e-mail notifications were not sent and are dropped: {reason} (event IDs: {ids}).",
+    ),
+    (
+        EMAIL_SETTINGS_CHANGED,
+        "Service",
+        "info",
+        "E-mail notification settings changed by {user}: notification {state}, {recipients} recipients.",
+    ),
+    (
+        RECOVERY_RECEIVING,
+        "Recovery",
+        "info",
+        "Recovery {job} from {source} ({address}) is writing into {path}.",
+    ),
+    (
+        RECOVERY_RECEIVED,
+        "Recovery",
+        "info",
+        "Recovery {job} from {source} is complete: {ops} operations applied into {path}.",
     ),
     (
         STORE_RECOVERED_AFTER_CRASH,

@@ -40,6 +40,8 @@ MARK: Final = "mark"  # [mark, seq, name]  a barrier acknowledged like an op
 # Mark names: a mirror starts / completed. Between them the image is not valid for recovery.
 MARK_MIRROR_START: Final = "mirror-start"
 MARK_MIRROR_COMPLETE: Final = "mirror-complete"
+# A recovery's last op: everything of the point has been sent before it.
+MARK_RECOVERY_COMPLETE: Final = "recovery-complete"
 
 OP_KINDS: Final = frozenset(
     {FILE, MKDIR, META, SYMLINK, SPECIAL, LINK, DELETE, RENAME, FBEGIN, FDATA, FEND, MARK}

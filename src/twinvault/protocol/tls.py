@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import os
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -21,8 +23,11 @@ from cryptography.x509.oid import NameOID
 from twinvault.ops.errors import FINGERPRINT_MISMATCH, TwinvaultError
 
 
-def create_identity(cert_path: Path, key_path: Path, common_name: str) -> None:
-    """Write a new P-256 key (0600) and a ten-year self-signed certificate."""
+def create_identity(
+    cert_path: Path, key_path: Path, common_name: str, *, ip_addresses: Sequence[str] = ()
+) -> None:
+    """Write a new P-256 key (0600) and a ten-year self-signed certificate for `common_name`
+    (and `ip_addresses`, for a client that checks the name, such as an SMTP client)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -34,7 +39,12 @@ def create_identity(cert_path: Path, key_path: Path, common_name: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(common_name), *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     key_bytes = key.private_bytes(

@@ -37,7 +37,7 @@ from twinvault.threads import iterate_in_thread
 log = logging.getLogger(__name__)
 
 Emit = Callable[..., Any]
-RECOVERY_COMPLETE_MARK = "recovery-complete"
+RECOVERY_COMPLETE_MARK = m.MARK_RECOVERY_COMPLETE
 MAX_UNACKED_BYTES = 64 << 20  # sent but not yet acknowledged: the receiver commits as it goes
 RECONNECT_DELAY_S = 2.0
 

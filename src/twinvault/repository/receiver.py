@@ -125,6 +125,7 @@ class Session:
         self.applier: Applier | None = None
         self.replaced = False
         self.finished = asyncio.Event()
+        self._recovered_seq = 0  # a recovery's complete mark, reported once it is committed
 
     def replace(self) -> None:
         """A new link for the same job arrived: end this one without draining and
@@ -294,6 +295,8 @@ class Session:
                 continue
             self._applied_seq = outcome.seq
             self.job.ops_applied += 1
+            if msg[0] == m.MARK and len(msg) > 2 and msg[2] == m.MARK_RECOVERY_COMPLETE:
+                self._recovered_seq = outcome.seq
             self.job.bytes_received += outcome.bytes_written
             answer = _reply_for(outcome)
             if answer is not None:
@@ -338,6 +341,10 @@ class Session:
             self._acked_seq = seq
             await self.link.send([m.ACK, seq])
             await self.link.flush()
+            if self._recovered_seq and seq >= self._recovered_seq and self.job.kind == "recovery":
+                self._recovered_seq = 0
+                self._emit(ev.RECOVERY_RECEIVED, job=self.job.job_id, source=self.job.source_name,
+                           ops=self.job.ops_applied, path=self.job.image_root)  # fmt: skip
 
     def _commit(self, seq: int) -> None:
         assert self.index is not None
@@ -471,6 +478,9 @@ async def serve_peer(
         job.peer = link.peer
         job.session = session
         job.target_status = "Processing"
+        if job.kind == "recovery":
+            emit(ev.RECOVERY_RECEIVING, job=job.job_id, source=job.source_name, address=link.peer,
+                 path=job.image_root)  # fmt: skip
         await session.run()
     except TwinvaultError as exc:
         emit(ev.MALFORMED_FRAME, peer=link.peer, reason=exc.message)
