@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -57,6 +57,7 @@ Emit = Callable[..., Any]
 QUEUE_LIMIT: Final = 1000  # events waiting for the sender thread, and e-mails waiting for a retry
 BATCH_LIMIT: Final = 50  # e-mails sent over one SMTP connection
 SMTP_TIMEOUT_S: Final = 20.0
+OVERFLOW_REPORT_S: Final = 60.0
 STOP_FLUSH_S: Final = 5.0
 # Reports of the notifier's own failures: mailing them would only fail again (the guide:
 # "This message will not trigger an e-mail").
@@ -177,6 +178,12 @@ class SmtpSession:
                 client.close()
 
 
+def _id_summary(counts: collections.Counter[int]) -> str:
+    """``"9000 x3, 4016"``: the event IDs of unsent e-mails for event 9041, most frequent first."""
+    shown = [f"{i} x{n}" if n > 1 else str(i) for i, n in counts.most_common(10)]
+    return ", ".join(shown) + (", ..." if len(counts) > 10 else "")
+
+
 def _connection_lost(exc: BaseException | None) -> bool:
     """True when the SMTP connection cannot carry another message (smtplib's own errors
     are OSErrors too, but a refused message leaves the connection usable)."""
@@ -216,7 +223,8 @@ class _Status:
     last_error: str = ""
     failing_since: float | None = None
     failures_in_group: int = 0
-    overflowed: int = 0  # events the full queue turned away, not yet reported
+    # Events the full queue turned away, by ID, not yet reported (event 9041).
+    overflowed: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class EmailNotifier:
@@ -232,6 +240,8 @@ class EmailNotifier:
         self._inbox: queue.Queue[Event | None] = queue.Queue(QUEUE_LIMIT)
         self._outbox: collections.deque[_Pending] = collections.deque()
         self._lock = threading.Lock()  # the outbox and settings: API calls vs the sender thread
+        self._overflow_lock = threading.Lock()
+        self._overflow_reported = -OVERFLOW_REPORT_S
         self._stopping = False
         self._status = _Status()
         self._thread: threading.Thread | None = None
@@ -276,7 +286,8 @@ class EmailNotifier:
         try:
             self._inbox.put_nowait(event)
         except queue.Full:
-            self._status.overflowed += 1  # reported by the sender thread (event 9041)
+            with self._overflow_lock:  # held for an increment only
+                self._status.overflowed[event.id] += 1
 
     # -- settings ------------------------------------------------------------------------
 
@@ -370,6 +381,7 @@ class EmailNotifier:
             self._take_inbox(wait)
             self._report_overflow()
             if self._stopping:
+                self._report_overflow(now=True)
                 self._flush_before_stop()
                 return
             wait = self._send_due()
@@ -389,8 +401,9 @@ class EmailNotifier:
                 except queue.Empty:
                     break
             while len(self._outbox) > QUEUE_LIMIT:
-                self._outbox.popleft()
-                self._status.overflowed += 1
+                dropped = self._outbox.popleft()
+                with self._overflow_lock:
+                    self._status.overflowed[dropped.event.id] += 1
 
     def _send_due(self) -> float | None:
         """Send the due e-mails in one batch; return how long to wait before looking again."""
@@ -476,16 +489,21 @@ class EmailNotifier:
                 ev.EMAIL_NOT_SENT,
                 count=len(given_up),
                 reason=f"failed {settings.retry_limit + 1} times",
-                ids=",".join(str(p.event.id) for p in given_up),
+                ids=_id_summary(collections.Counter(p.event.id for p in given_up)),
             )
 
-    def _report_overflow(self) -> None:
-        count, self._status.overflowed = self._status.overflowed, 0
-        if count:
-            self._status.dropped += count
-            self._emit(
-                ev.EMAIL_NOT_SENT, count=count, reason=f"more than {QUEUE_LIMIT} e-mails waiting", ids=""
-            )
+    def _report_overflow(self, *, now: bool = False) -> None:
+        """Report turned-away e-mails (9041): at once, then at most once a minute during a flood."""
+        if not now and self._clock() - self._overflow_reported < OVERFLOW_REPORT_S:
+            return
+        with self._overflow_lock:
+            counts, self._status.overflowed = self._status.overflowed, collections.Counter()
+        if counts:
+            self._overflow_reported = self._clock()
+            total = sum(counts.values())
+            self._status.dropped += total
+            reason = f"more than {QUEUE_LIMIT} e-mails waiting"
+            self._emit(ev.EMAIL_NOT_SENT, count=total, reason=reason, ids=_id_summary(counts))
 
     def _flush_before_stop(self) -> None:
         """At stop: one last batch of what is due, unless the server is known to be failing."""
@@ -504,7 +522,7 @@ class EmailNotifier:
                 ev.EMAIL_NOT_SENT,
                 count=count,
                 reason="the daemon stopped",
-                ids=",".join(str(p.event.id) for p in self._outbox),
+                ids=_id_summary(collections.Counter(p.event.id for p in self._outbox)),
             )
             self._outbox.clear()
 
