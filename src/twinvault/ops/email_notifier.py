@@ -460,7 +460,7 @@ class EmailNotifier:
     def _failed(self, batch: list[_Pending], settings: EmailSettings, exc: SmtpFailure) -> None:
         s = self._status
         s.last_error = exc.reason
-        log.warning("e-mail to %s:%d failed: %s", settings.smtp_host, settings.smtp_port, exc.reason)
+        log.warning("e-mail to %s failed: %s", settings.server_address(), exc.reason)
         if s.failing_since is None:
             # The first failure of a group is reported once; the rest of the group is not.
             s.failing_since = time.time()
@@ -528,4 +528,4 @@ class EmailNotifier:
 
     def _settings_server(self) -> str:
         settings = self._settings
-        return "" if settings is None else f"{settings.smtp_host}:{settings.smtp_port}"
+        return "" if settings is None else settings.server_address()

@@ -245,11 +245,16 @@ class EmailSettings:
             )
         return self
 
+    def server_address(self) -> str:
+        """``HOST:PORT`` (``[v6]:PORT``), as `notify set --smtp` takes it."""
+        host = f"[{self.smtp_host}]" if ":" in self.smtp_host else self.smtp_host
+        return f"{host}:{self.smtp_port}"
+
     def view(self) -> dict[str, Any]:
         """The settings as `notify show` prints them: everything but the password."""
         return {
             "enabled": self.enabled,
-            "smtp": f"{self.smtp_host}:{self.smtp_port}" if self.smtp_host else "",
+            "smtp": self.server_address() if self.smtp_host else "",
             "security": self.security,
             "ca_file": self.ca_file,
             "login": self.login,
