@@ -3,6 +3,7 @@ e-mails that cannot be sent, and that a flood of events never blocks the event p
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +74,26 @@ def test_a_flood_of_events_never_blocks_the_event_path(notifier: Setup) -> None:
     # During a flood the report comes once, then at the stop; every e-mail is accounted for.
     assert 1 <= len(overflow_reports()) <= 2
     assert sum(int(str(f["count"])) for f in ids(log, 9041)) == QUEUE_LIMIT + 500
+
+
+def test_damaged_or_incomplete_settings_at_start_are_reported_and_leave_mail_off(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events")
+    path = tmp_path / "notify.json"
+    path.write_text("{not json")
+    damaged = EmailNotifier(path, "alpha", log.emit)
+    damaged.start()
+    damaged.stop()
+    (report,) = ids(log, 5600)
+    assert report["setting"] == "file" and report["error_code"] == -2212
+    assert damaged.settings_view()["status"]["active"] is False
+
+    # Enabled, but a required value is missing (a hand-edited file): 5506.
+    path.write_text(json.dumps({"v": 1, "enabled": True, "smtp_host": "mail.example.com", "smtp_port": 25,
+                                "from": "", "to": ["ops@example.com"], "severity": ["warning"]}))  # fmt: skip
+    incomplete = EmailNotifier(path, "alpha", log.emit)
+    incomplete.start()
+    log.emit(4012, message="would be mailed")
+    incomplete.stop()
+    (missing,) = ids(log, 5506)
+    assert "From address" in str(missing["reason"])
+    assert incomplete.settings_view()["status"]["active"] is False and not ids(log, 9041)
