@@ -118,6 +118,8 @@ def build_app(host: Host) -> web.Application:
                     start=None if body.get("start") is None else float(body["start"]),
                 )
             )
+        if action == "set":
+            return web.json_response(host.set_compression(job_id, body.get("compression")))
         if action == "verify":
             plan = await host.source_job(job_id).verify(
                 checksum=bool(body.get("checksum")), remirror=bool(body.get("remirror"))

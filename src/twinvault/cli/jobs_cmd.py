@@ -14,6 +14,7 @@ from rich.table import Table
 
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.compression import LEVELS, checked_level
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -50,6 +51,13 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     on_off.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=job_schedule)
+
+    p = job.add_parser("set", help="change a running job's transmission options (no remirror)")
+    p.add_argument("job")
+    p.add_argument("--server", default="localhost", help="the job's sending host")
+    p.add_argument("--compression", required=True, metavar="|".join(LEVELS))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=job_set)
 
     p = job.add_parser("forget", help="stop monitoring a job (it keeps running)")
     p.add_argument("job")
@@ -229,6 +237,17 @@ def job_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def job_set(args: argparse.Namespace) -> int:
+    reply = ApiClient.for_host(args.server).call(
+        "POST", f"/api/jobs/{args.job}/set", {"compression": checked_level(args.compression)}
+    )
+    if args.json:
+        emit_json(reply)
+    else:
+        console.print(f"job {args.job}: compression {reply['compression']}")
+    return 0
+
+
 def _repository_of(client: ApiClient, job_id: str) -> ApiClient:
     """Snapshots are taken where the image is: the job's repository, through the cached
     login for it when the console asked the source."""
@@ -266,6 +285,7 @@ def _print_details(v: dict[str, Any]) -> None:
         ("Image location", v.get("image_location")),
         ("Total sent data", human_bytes(v.get("total_sent_bytes", 0))),
         ("Total sent compressed", human_bytes(v.get("total_sent_compressed_bytes", 0))),
+        ("Compression", v.get("compression", "none")),
         ("Transmit status", v.get("transmit_status")),
         ("Target status", v.get("target_status")),
         ("Recovery available", "Yes" if v.get("recovery_available") else "No"),

@@ -16,6 +16,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
 from twinvault.cli.output import console, emit_json, human_bytes
+from twinvault.compression import LEVELS, NONE, checked_level
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 
@@ -36,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--shutdown-source", action="store_true",
                    help="after the recovery mirror, the source runs its shutdown_command")  # fmt: skip
     p.add_argument("--full-server", action="store_true")
+    p.add_argument("--compression", default=NONE, metavar="|".join(LEVELS),
+                   help="compress data for transmission (default: none)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=recover)
 
@@ -45,6 +48,7 @@ def recover(args: argparse.Namespace) -> int:
         raise TwinvaultError(
             errors.FEATURE_NOT_SUPPORTED, "Server Recovery (--full-server) is not available yet"
         )
+    compression = checked_level(args.compression)  # before anything is created anywhere
     for path in args.include:
         if not path.startswith("/"):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"--include takes image paths (absolute): {path}")
@@ -94,6 +98,7 @@ def recover(args: argparse.Namespace) -> int:
             "total_files": plan["files"],
             "total_bytes": plan["bytes"],
             "shutdown_source": shutdown,
+            "compression": compression,
         },
     )
     if args.json:

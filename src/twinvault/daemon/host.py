@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twinvault.compression import checked_level
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService
@@ -243,6 +244,7 @@ class Host:
 
     async def create_source_job(self, raw: dict[str, Any]) -> ProtectionJob:
         spec = JobSpec.from_json(raw)
+        checked_level(spec.compression)
         if spec.job_id in self.source_jobs:
             raise TwinvaultError(errors.REPLICATION_SET_EXISTS, spec.job_id)
         selection = Selection.build(list(spec.roots), list(spec.excludes))
@@ -296,6 +298,20 @@ class Host:
         fresh = self._make_job(spec)
         self.source_jobs[spec.job_id] = fresh
         return fresh
+
+    def set_compression(self, job_id: str, level: object) -> dict[str, Any]:
+        """Change a running protection or recovery job's compression, persisted, with no
+        remirror; an unknown level (-153) changes nothing."""
+        name = checked_level(level)
+        if job_id in self.source_jobs:
+            job = self.source_jobs[job_id]
+            job.set_compression(name)
+            self._save_spec(job.spec)
+        elif job_id in self.recoveries.jobs:
+            self.recoveries.set_compression(job_id, name)
+        else:
+            raise TwinvaultError(errors.JOB_NOT_FOUND, f"{job_id} (compression is set on the sending host)")
+        return {"job": job_id, "compression": name}
 
     async def delete_job(self, job_id: str) -> dict[str, Any]:
         deleted: dict[str, Any] = {"job": job_id, "source": False, "repository": False}

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twinvault.compression import NONE, checked_level
 from twinvault.daemon.config import Home, HostConfig
 from twinvault.daemon.history_service import HistoryService
 from twinvault.durable import write_private
@@ -110,6 +111,7 @@ class RecoveryService:
             total_bytes=int(raw.get("total_bytes") or 0),
             created=time.time(),
             shutdown_source=bool(raw.get("shutdown_source")),
+            compression=checked_level(raw.get("compression") or NONE),
         )
         job = await self._make(spec)
         self._save(job)
@@ -160,6 +162,11 @@ class RecoveryService:
     def _save(self, job: RecoveryJob) -> None:
         document = {"spec": job.spec.to_json(), "finished": job.progress.finished}
         write_private(self._dir / f"{job.spec.job_id}.json", json.dumps(document).encode())
+
+    def set_compression(self, job_id: str, level: str) -> None:
+        job = self.jobs[job_id]
+        job.set_compression(level)
+        self._save(job)
 
     async def delete(self, job_id: str) -> bool:
         job = self.jobs.pop(job_id, None)

@@ -20,12 +20,13 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from twinvault.compression import NONE, checked_level
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.opstream import PointInTimeStream, versions_for
+from twinvault.pit.opstream import PointInTimeStream, payload_of, versions_for
 from twinvault.protocol import messages as m
 from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.frames import encode_frame
@@ -61,6 +62,7 @@ class RecoverySpec:
     total_bytes: int = 0
     created: float = 0.0
     shutdown_source: bool = False
+    compression: str = NONE  # none | minimum | medium | maximum (twinvault.compression)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +78,9 @@ class RecoverySpec:
 @dataclass(slots=True)
 class RecoveryProgress:
     status: str = "Calculating"  # Calculating | Mirroring | Idle (done) | Communication Error | Stopped
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # frames on the wire
+    payload_sent: int = 0  # file bytes sent
+    payload_sent_compressed: int = 0  # the same bytes as they travelled
     bytes_acked: int = 0
     acked_seq: int = 0
     sent_seq: int = 0
@@ -111,6 +115,7 @@ class RecoveryJob:
         self._task: asyncio.Task[None] | None = None
         self._acked = asyncio.Event()
         self._sizes: dict[int, int] = {}  # seq -> bytes of its frames, until acknowledged
+        self._link_version = 0  # the protocol version the recovery server welcomed
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -174,6 +179,7 @@ class RecoveryJob:
             hello={"job": self.spec.job_id, "token": self.spec.token, "source": self._source_name,
                    "epoch": self.spec.epoch},
         )  # fmt: skip
+        self._link_version = int(welcome.get("version") or 1)
         self._emit(ev.CONNECTED, **self._fields())
         return link, int(welcome.get("last_seq") or 0)
 
@@ -186,7 +192,7 @@ class RecoveryJob:
         # of the link, so reading overlaps sending.
         frames = iterate_in_thread(_blocking_frames(self._ops(resume_after)), ahead=32)
         try:
-            async for seq, frame in frames:
+            async for seq, frame, payload, wire_payload in frames:
                 while sum(self._sizes.values()) > MAX_UNACKED_BYTES and not receiver.done():
                     self._acked.clear()
                     await asyncio.wait({receiver, asyncio.ensure_future(self._acked.wait())}, timeout=5,
@@ -197,6 +203,8 @@ class RecoveryJob:
                 await link.send_raw(frame)
                 self._sizes[seq] = self._sizes.get(seq, 0) + len(frame)
                 self.progress.bytes_sent += len(frame)
+                self.progress.payload_sent += payload
+                self.progress.payload_sent_compressed += wire_payload
                 self.progress.sent_seq = seq
             final = self.progress.sent_seq + 1
             await link.send([m.MARK, final, RECOVERY_COMPLETE_MARK])
@@ -247,9 +255,19 @@ class RecoveryJob:
             versions: Iterator[Version] = versions_for(catalog, self.spec.image, self.spec.point, includes)
             if self.spec.excludes:
                 versions = (v for v in versions if not excluded(v.path, self.spec.excludes))
-            yield from PointInTimeStream(self._store, versions, skip_through=resume_after)
+            yield from PointInTimeStream(
+                self._store, versions, skip_through=resume_after, compressed=self._compressed
+            )
         finally:
             catalog.close()
+
+    def _compressed(self) -> bool:
+        """Chunks go compressed when the job asks for it and the receiver reads them."""
+        return self.spec.compression != NONE and self._link_version >= m.COMPRESSED_SEGMENTS_SINCE
+
+    def set_compression(self, level: str) -> None:
+        """From the next window of chunks on (no restart, nothing sent again)."""
+        self.spec = replace(self.spec, compression=checked_level(level))
 
     # -- the monitor's view ------------------------------------------------------------------
 
@@ -270,8 +288,10 @@ class RecoveryJob:
             "percent_complete": round(percent, 1),
             "time_remaining_s": 0,
             "health": "error" if p.status == "Communication Error" else "ok",
-            "total_sent_bytes": p.bytes_sent,
-            "total_sent_compressed_bytes": p.bytes_sent,
+            "total_sent_bytes": p.payload_sent,
+            "total_sent_compressed_bytes": p.payload_sent_compressed,
+            "wire_bytes": p.bytes_sent,
+            "compression": self.spec.compression,
             "transmit_status": "Idle" if self.done else "Transmitting",
             "target_status": "Idle" if self.done else "Processing",
             "recovery_available": self.done,
@@ -292,7 +312,8 @@ class RecoveryJob:
         }
 
 
-def _blocking_frames(ops: Iterator[list[Any]]) -> Generator[tuple[int, bytes], None, None]:
-    """Encode ops in the worker thread that reads their chunks."""
+def _blocking_frames(ops: Iterator[list[Any]]) -> Generator[tuple[int, bytes, int, int], None, None]:
+    """Encode ops in the worker thread that reads their chunks: (seq, frame, file bytes,
+    the same bytes as they travel)."""
     for op in ops:
-        yield int(op[1]), encode_frame(op)
+        yield int(op[1]), encode_frame(op), *payload_of(op)

@@ -24,10 +24,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from twinvault.compression import compressor_for
 from twinvault.durable import write_private
 from twinvault.memory import release_free_memory
 from twinvault.ops import events as ev
@@ -74,6 +75,7 @@ class JobSpec:
     delete_orphans: bool = False
     stopped: bool = False
     job_type: str = "Data Protection"
+    compression: str = "none"  # none | minimum | medium | maximum (twinvault.compression)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +126,7 @@ class ProtectionJob:
         self.stream = self._restore_stream()
         self.view = RemoteView()
         self.reader = Reader(self.selection, self.view, self.stream, self._mark_again, self._on_mark)
+        self.reader.compression = compressor_for(spec.compression)
         self.mirror = MirrorState()
         self.replication_status = "Pending"
         self.transmit_status = "Stopped"
@@ -134,6 +137,9 @@ class ProtectionJob:
         self.failed_paths: list[str] = []
         self.bytes_sent_mirror = 0
         self.bytes_sent_replication = 0
+        # The same bytes as they went on the wire, compressed (the seed's "sent compressed").
+        self.bytes_sent_mirror_compressed = 0
+        self.bytes_sent_replication_compressed = 0
         self.wire_bytes_tx = 0
         self._discarding = False
         self._remirror = asyncio.Event()
@@ -570,8 +576,10 @@ class ProtectionJob:
         self.wire_bytes_tx += len(item.frame)
         if item.replication:
             self.bytes_sent_replication += item.payload
+            self.bytes_sent_replication_compressed += item.payload_on_wire
         else:
             self.bytes_sent_mirror += item.payload
+            self.bytes_sent_mirror_compressed += item.payload_on_wire
             self.mirror.bytes_sent += item.payload
             if item.payload:
                 self.mirror.checkpoints.append((item.seq, self.mirror.bytes_sent))
@@ -583,6 +591,12 @@ class ProtectionJob:
             self.mirror.bytes_acked = checkpoints.popleft()[1]
 
     # -- console requests -------------------------------------------------------------
+
+    def set_compression(self, level: str) -> None:
+        """Compress what the reader reads from now on at ``level``: no remirror, no new
+        link; frames already queued go as they were made (the receiver takes both)."""
+        self.reader.compression = compressor_for(level)
+        self.spec = replace(self.spec, compression=level)
 
     async def verify(self, *, checksum: bool, remirror: bool) -> MirrorPlan:
         """Compare source and image now; with ``remirror`` send what differs."""
