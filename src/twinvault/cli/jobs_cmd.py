@@ -14,7 +14,7 @@ from rich.table import Table
 
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
-from twinvault.compression import LEVELS, checked_level
+from twinvault.compression import LEVELS
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -239,7 +239,9 @@ def job_schedule(args: argparse.Namespace) -> int:
 
 def job_set(args: argparse.Namespace) -> int:
     reply = ApiClient.for_host(args.server).call(
-        "POST", f"/api/jobs/{args.job}/set", {"compression": checked_level(args.compression)}
+        "POST",
+        f"/api/jobs/{args.job}/set",
+        {"compression": args.compression},  # the daemon checks it
     )
     if args.json:
         emit_json(reply)
