@@ -26,7 +26,7 @@ from pathlib import Path
 _REC = struct.Struct("<QBQI")  # seq, flags, payload bytes, frame length
 _WIRE = struct.Struct("<Q")  # wire payload bytes, present when flags & FLAG_WIRE_PAYLOAD
 FLAG_REPLICATION = 1
-FLAG_WIRE_PAYLOAD = 2  # version 2: the payload travels compressed, its wire size follows
+FLAG_WIRE_PAYLOAD = 2  # version 2: the payload's size on the wire (compressed) follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +70,11 @@ class _DiskSegment:
 
     def append(self, item: QueuedFrame) -> None:
         flags = FLAG_REPLICATION if item.replication else 0
-        head = _REC.pack(item.seq, flags, item.payload, len(item.frame))
+        wire = b""
         if item.wire_payload >= 0:
-            head = _REC.pack(item.seq, flags | FLAG_WIRE_PAYLOAD, item.payload, len(item.frame))
-            head += _WIRE.pack(item.wire_payload)
-        record = memoryview(head + item.frame)
+            flags |= FLAG_WIRE_PAYLOAD
+            wire = _WIRE.pack(item.wire_payload)
+        record = memoryview(_REC.pack(item.seq, flags, item.payload, len(item.frame)) + wire + item.frame)
         written = 0
         while written < len(record):  # a short write must not leave a torn record
             written += os.write(self.write_fd, record[written:])
