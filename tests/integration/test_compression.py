@@ -149,6 +149,11 @@ def test_an_unknown_level_is_refused_and_changes_nothing(two_hosts: Hosts, tmp_p
     assert spec["compression"] == "medium"
     (src / "b.txt").write_text("b" * 10_000)
     wait_equal(src, in_image(image, src))
+    target = str(tmp_path / "r")
+    args = ["--image", "alpha", "--live", "--to-server", alpha.api, "--target-path", target]
+    assert console.refused("recover", "--repository", beta.api, *args, "--compression", "max") == -153
+    jobs = console.json("jobs", "--server", beta.api)["jobs"]
+    assert [j for j in jobs if j["type"] == "Data Recovery"] == []
 
 
 def test_a_recovery_with_compression_equals_the_source(tmp_path: Path) -> None:
