@@ -80,22 +80,21 @@ def test_each_level_changes_the_bytes_on_the_wire_without_a_remirror(
     copy_into(buckets[0], src / "none")
     (src / "random-none.bin").write_bytes(os.urandom(4 << 20))
     job, image = protect(console, alpha, beta, src, extra=("--compression", "none"))
-    view = wait_idle(console, alpha, job)
+    view = wait_idle(console, alpha, job, timeout=120)
     wait_equal(src, in_image(image, src))
     assert view["compression"] == "none"
     total, compressed = sent(view)
     assert total >= 6 << 20 and compressed == total, "with compression off both statistics are equal"
     assert view["replication"]["bytes_sent_compressed"] == view["replication"]["bytes_sent"]
-    mirrors = event_ids(alpha).count(ev.MIRROR_STARTED)
 
     ratios: dict[str, float] = {}
     for level, files in zip(("minimum", "medium", "maximum"), buckets[1:], strict=True):
         set_level(console, alpha, job, level)
         before = sent(job_show(console, alpha, job))
         size = copy_into(files, src / level)  # replicated, under the new level
-        wait_equal(src, in_image(image, src))
+        wait_equal(src, in_image(image, src), timeout=120)
         after = wait_for(
-            lambda b=before, s=size: _grown(console, alpha, job, b, s), 30, 0.2, what="statistics"
+            lambda b=before, s=size: _grown(console, alpha, job, b, s), 60, 0.2, what="statistics"
         )
         d_total, d_compressed = after[0] - before[0], after[1] - before[1]
         ratios[level] = d_compressed / d_total
@@ -107,13 +106,16 @@ def test_each_level_changes_the_bytes_on_the_wire_without_a_remirror(
     # Random data at the highest level: sent raw after the probe, not one byte more.
     before = sent(job_show(console, alpha, job))
     (src / "random-maximum.bin").write_bytes(os.urandom(4 << 20))
-    wait_equal(src, in_image(image, src))
-    after = wait_for(lambda: _grown(console, alpha, job, before, 4 << 20), 30, 0.2, what="statistics")
+    wait_equal(src, in_image(image, src), timeout=120)
+    after = wait_for(lambda: _grown(console, alpha, job, before, 4 << 20), 60, 0.2, what="statistics")
     assert after[1] - before[1] == after[0] - before[0] >= 4 << 20
 
     view = job_show(console, alpha, job)
     assert view["compression"] == "maximum" and view["mirror"]["status"] == "Idle"
-    assert event_ids(alpha).count(ev.MIRROR_STARTED) == mirrors, "a level change must not remirror"
+    # Every mirror comes from a connection (a reconnect on a loaded machine mirrors, as
+    # it must); a level change adds none.
+    ids = event_ids(alpha)
+    assert ids.count(ev.MIRROR_STARTED) == ids.count(ev.CONNECTED), "a level change must not remirror"
     assert 0 < view["replication"]["bytes_sent_compressed"] < view["replication"]["bytes_sent"]
     # The repository sees the same figures (the source reports them), and the level is
     # the job's configuration: kept across a restart of the source.

@@ -8,7 +8,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, split_host
 from twinvault.cli.output import console, emit_json
-from twinvault.compression import LEVELS, NONE, checked_level
+from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.snapshots import parse_duration
@@ -28,8 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--snapshot-every", metavar="DURATION", help="scheduled snapshots: 90s, 15m, 1h, 1d")
     p.add_argument("--snapshot-start", metavar="TIME", help="first scheduled snapshot (default: now)")
     p.add_argument("--cdp-days", type=float, default=0.0, metavar="N", help="keep every version N days")
-    p.add_argument("--compression", default=NONE, metavar="|".join(LEVELS),
-                   help="compress data for transmission (default: none)")  # fmt: skip
+    add_transmission_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=protect)
 
@@ -55,7 +54,7 @@ def protect(args: argparse.Namespace) -> int:
             errors.FEATURE_NOT_SUPPORTED, "--full-server protection is not available yet; use --data"
         )
     history = _history_options(args)
-    compression = checked_level(args.compression)  # before anything is created anywhere
+    options = transmission_options(args)  # checked here: a refused option creates nothing
     source = ApiClient.for_host(args.source)
     repository = ApiClient.for_host(args.repository)
     source_info = source.call("GET", "/api/host")
@@ -83,7 +82,7 @@ def protect(args: argparse.Namespace) -> int:
         "excludes": args.exclude,
         "image_location": image["image_location"],
         "delete_orphans": args.delete_orphans,
-        "compression": compression,
+        **options,
     }
     try:
         source.call("POST", "/api/jobs", spec)

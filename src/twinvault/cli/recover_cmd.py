@@ -16,7 +16,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
 from twinvault.cli.output import console, emit_json, human_bytes
-from twinvault.compression import LEVELS, NONE, checked_level
+from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 
@@ -37,8 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--shutdown-source", action="store_true",
                    help="after the recovery mirror, the source runs its shutdown_command")  # fmt: skip
     p.add_argument("--full-server", action="store_true")
-    p.add_argument("--compression", default=NONE, metavar="|".join(LEVELS),
-                   help="compress data for transmission (default: none)")  # fmt: skip
+    add_transmission_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=recover)
 
@@ -48,10 +47,10 @@ def recover(args: argparse.Namespace) -> int:
         raise TwinvaultError(
             errors.FEATURE_NOT_SUPPORTED, "Server Recovery (--full-server) is not available yet"
         )
-    compression = checked_level(args.compression)  # before anything is created anywhere
     for path in args.include:
         if not path.startswith("/"):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"--include takes image paths (absolute): {path}")
+    options = transmission_options(args)  # checked here: a refused option creates nothing
     repository = ApiClient.for_host(args.repository)
     target = ApiClient.for_host(args.to_server)
     point = {"live": args.live, "snapshot": args.snapshot, "at": args.at, "includes": args.include}
@@ -65,7 +64,22 @@ def recover(args: argparse.Namespace) -> int:
         first = report["errors"][0]
         raise TwinvaultError(int(first["code"]), summary=str(first["message"]))
     repo_name = repository.call("GET", "/api/host")["name"]
-    target_name = target.call("GET", "/api/host")["name"]
+    target_info = target.call("GET", "/api/host")
+    target_name = target_info["name"]
+    address, _ = split_host(args.to_server)
+    if options.get("route") or options.get("bind_address"):
+        # The sender (the repository) tries the route before anything changes anywhere.
+        repository.call(
+            "POST",
+            "/api/routes/check",
+            {
+                "address": options.get("route") or address,
+                "bind": options.get("bind_address") or "",
+                "port": target_info["peer_port"],
+                "name": target_name,
+                "fingerprint": target.fingerprint,
+            },
+        )
     warnings += _original_jobs(repository, args.image, args.original_job, target_name)
     shutdown = args.shutdown_source
     if shutdown and _source_of(repository, args.image) == target_name:
@@ -77,11 +91,11 @@ def recover(args: argparse.Namespace) -> int:
         "/api/recovery/targets",
         {"job_id": job_id, "source_name": repo_name, "target_path": args.target_path, "bytes": plan["bytes"]},
     )
-    address, _ = split_host(args.to_server)
     repository.call(
         "POST",
         "/api/recoveries",
         {
+            **options,
             "job_id": job_id,
             "image": args.image,
             "point": plan["point"],
@@ -98,7 +112,6 @@ def recover(args: argparse.Namespace) -> int:
             "total_files": plan["files"],
             "total_bytes": plan["bytes"],
             "shutdown_source": shutdown,
-            "compression": compression,
         },
     )
     if args.json:

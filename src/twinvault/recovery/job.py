@@ -20,17 +20,20 @@ import fnmatch
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from twinvault.compression import NONE, checked_level
+from twinvault.clock import Clock
+from twinvault.compression import NONE
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.opstream import PointInTimeStream, payload_of, versions_for
 from twinvault.protocol import messages as m
+from twinvault.protocol.bandwidth import BandwidthKeeper, BandwidthSchedule
 from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.frames import encode_frame
 from twinvault.protocol.link import Link
+from twinvault.protocol.transmission import Receiver, transmission_view
 from twinvault.repository.catalog import Version, open_catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.threads import iterate_in_thread
@@ -63,6 +66,17 @@ class RecoverySpec:
     created: float = 0.0
     shutdown_source: bool = False
     compression: str = NONE  # none | minimum | medium | maximum (twinvault.compression)
+    bandwidth: dict[str, Any] = field(default_factory=dict)  # a BandwidthSchedule's JSON
+    route: str = ""  # the recovery server's address to send to ("": target_address)
+    bind_address: str = ""  # this repository's address to send from ("": the system's choice)
+
+    @property
+    def peer_address(self) -> str:
+        return self.route or self.target_address
+
+    @property
+    def receiver(self) -> Receiver:
+        return Receiver(self.target_address, self.target_peer_port, self.target_name, self.target_fingerprint)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +118,7 @@ class RecoveryJob:
         emit: Emit,
         source_name: str,
         on_finished: Callable[[RecoveryJob], None] = lambda job: None,
+        clock: Clock | None = None,
     ) -> None:
         self.spec = spec
         self._store = store
@@ -116,13 +131,19 @@ class RecoveryJob:
         self._acked = asyncio.Event()
         self._sizes: dict[int, int] = {}  # seq -> bytes of its frames, until acknowledged
         self._link_version = 0  # the protocol version the recovery server welcomed
+        self._link: Link | None = None
+        self.bandwidth = BandwidthKeeper(
+            BandwidthSchedule.from_json(spec.bandwidth), clock or Clock(), emit, self._fields
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.bandwidth.start()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        await self.bandwidth.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -143,6 +164,8 @@ class RecoveryJob:
                 self.progress.last_error = str(exc)
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
+            self._link = link
+            self.bandwidth.attach(link)
             try:
                 await self._send_point(link, resume_after)
             except (
@@ -157,13 +180,16 @@ class RecoveryJob:
                 self._emit(ev.AUTO_RECONNECTING, **self._fields())
                 await asyncio.sleep(RECONNECT_DELAY_S)
             finally:
+                self._link = None
+                self.bandwidth.attach(None)
                 await link.close()
+        await self.bandwidth.stop()
         self._on_finished(self)
 
     def _fields(self) -> dict[str, Any]:
         return {
             "target": self.spec.target_name,
-            "address": self.spec.target_address,
+            "address": self.spec.peer_address,
             "replication_set": self.spec.image,
             "job": self.spec.job_id,
         }
@@ -172,12 +198,13 @@ class RecoveryJob:
 
     async def _connect(self) -> tuple[Link, int]:
         link, welcome = await open_peer_link(
-            self.spec.target_address,
+            self.spec.peer_address,
             self.spec.target_peer_port,
             server_hostname=self.spec.target_name or None,
             fingerprint=self.spec.target_fingerprint,
             hello={"job": self.spec.job_id, "token": self.spec.token, "source": self._source_name,
                    "epoch": self.spec.epoch},
+            bind=self.spec.bind_address,
         )  # fmt: skip
         self._link_version = int(welcome.get("version") or 1)
         self._emit(ev.CONNECTED, **self._fields())
@@ -261,13 +288,18 @@ class RecoveryJob:
         finally:
             catalog.close()
 
+    def change_options(self, spec: RecoverySpec) -> None:
+        """``job set`` on a running recovery: a new limit holds at once; a new route ends
+        the link and the job resumes through it after the last op the target committed."""
+        rerouted = (spec.route, spec.bind_address) != (self.spec.route, self.spec.bind_address)
+        self.spec = spec
+        self.bandwidth.replace(BandwidthSchedule.from_json(spec.bandwidth))
+        if rerouted and self._link is not None:
+            self._link.abort()
+
     def _compressed(self) -> bool:
         """Chunks go compressed when the job asks for it and the receiver reads them."""
         return self.spec.compression != NONE and self._link_version >= m.COMPRESSED_SEGMENTS_SINCE
-
-    def set_compression(self, level: str) -> None:
-        """From the next window of chunks on (no restart, nothing sent again)."""
-        self.spec = replace(self.spec, compression=checked_level(level))
 
     # -- the monitor's view ------------------------------------------------------------------
 
@@ -307,6 +339,7 @@ class RecoveryJob:
                 "bytes_sent_compressed": 0,
                 "bytes_queued": 0,
             },
+            **transmission_view(self.bandwidth, self.spec),
             "failed_paths": p.failed_paths[:100],
             "last_error": p.last_error,
         }

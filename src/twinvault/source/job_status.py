@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from twinvault.protocol.transmission import transmission_view
+
 if TYPE_CHECKING:
     from twinvault.source.job import ProtectionJob
 
@@ -72,6 +74,7 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
             "disk_queue_bytes": job.queue.disk_bytes,
             "pending_paths": len(job.changes),
         },
+        **transmission_view(job.bandwidth, job.spec),
         "failed_paths": job.failed_paths[-100:],
         "last_error": job.last_error,
         "chunks": {
