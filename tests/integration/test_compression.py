@@ -189,3 +189,32 @@ def test_a_recovery_with_compression_equals_the_source(tmp_path: Path) -> None:
         # Text ~4 MiB travels in well under half; the random 2 MiB as it is.
         assert sent(packed)[1] < (2 << 20) + 0.45 * (4 << 20)
         assert packed["wire_bytes"] < 0.6 * plain["wire_bytes"]
+
+
+def test_a_level_change_on_a_running_recovery_applies_without_starting_over(tmp_path: Path) -> None:
+    with running_hosts(tmp_path, "alpha", "beta", "gamma") as (console, (alpha, beta, gamma)):
+        src = tmp_path / "src"
+        (src / "a-random").mkdir(parents=True)
+        for i in range(8):  # sent first (paths in order), plain at any level
+            (src / "a-random" / f"{i}.bin").write_bytes(os.urandom(1 << 20))
+        copy_into(text_files(1, 4 << 20)[0], src / "text")
+        job, image = protect(console, alpha, beta, src)
+        settle(console, alpha, job, src, image)
+        # Held to 512 KB/s, the random 8 MiB take ~16 s: time to change the level before
+        # the text's frames are made (the link buffers a few MiB ahead of the wire).
+        args = ["--image", "alpha", "--live", "--to-server", gamma.api, "--target-path", str(tmp_path / "r")]
+        rjob = console.json("recover", "--repository", beta.api, *args, "--bandwidth", "512")["job"]
+        wait_for(
+            lambda: sent(job_show(console, beta, rjob))[0] >= 1 << 20, 60, 0.1, what="a recovery under way"
+        )
+        console.json("job", "set", rjob, "--compression", "minimum", "--bandwidth", "0", "--server", beta.api)
+        view: dict[str, Any] = wait_for(
+            lambda: (v := job_show(console, beta, rjob))["status"] == "Recovered" and v, 120, 0.2,
+            what="the recovery",
+        )  # fmt: skip
+        assert_trees_equal(str(src), str(in_image(tmp_path / "r", src)))
+        total, compressed = sent(view)
+        assert view["compression"] == "minimum" and total >= 12 << 20
+        assert compressed < total - (2 << 20), "the text, read after the change, went compressed"
+        connects = [e for e in beta.events() if e["id"] == ev.CONNECTED and e["fields"].get("job") == rjob]
+        assert len(connects) == 1, "the link was not reopened, nothing started over"
