@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import ssl
 import struct
 from pathlib import Path
 from typing import Any
 
+import blake3
 import msgpack
 
 from tests.helpers.hosts import Console, TestHost, wait_for
 from tests.helpers.protection import event_ids, in_image, protect, wait_equal, wait_idle
+from twinvault import fsmeta
 
 Hosts = tuple[Console, TestHost, TestHost]
 
@@ -118,5 +122,36 @@ def test_newer_source_is_refused_older_source_is_accepted(two_hosts: Hosts, tmp_
         reply = _read(s)
     assert reply is not None and reply[0] == "welcome" and reply[1]["version"] == 1
     # ... and the real source takes its job back.
+    (src / "later").write_text("later")
+    wait_equal(src, in_image(image, src))
+
+
+def test_a_version_1_source_still_mirrors_into_this_repository(two_hosts: Hosts, tmp_path: Path) -> None:
+    """Version 2 added compressed chunks; a version 1 source's stream (plain data
+    segments) is still applied and acknowledged as it always was."""
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first").write_text("first")
+    job, image = protect(console, alpha, beta, src)
+    wait_idle(console, alpha, job)
+    console.json("job", "stop", job, "--server", alpha.api)  # the v1 "source" takes the link
+    token = json.loads((beta.home / "repository" / "jobs" / f"{job}.json").read_text())["token"]
+    old = src / "from-a-version-1-source.txt"
+    data = b"written by a version 1 stream\n" * 1000
+    old.write_bytes(data)
+    meta = fsmeta.read_meta(str(old)).to_wire()
+    with _tls(beta) as s:
+        s.sendall(_frame(_hello(1, job=job, token=token)))
+        reply = _read(s)
+        assert reply is not None and reply[0] == "welcome" and reply[1]["version"] == 1
+        path = os.fsencode(str(old))
+        segment = [0, blake3.blake3(data).digest(), data]
+        s.sendall(_frame(["file", 1, path, len(data), b"", [segment], meta]))
+        while (reply := _read(s)) is not None and not (reply[0] == "ack" and reply[1] >= 1):
+            pass
+        assert reply is not None, "the version 1 op was never acknowledged"
+    assert in_image(image, old).read_bytes() == data
+    console.json("job", "resume", job, "--server", alpha.api)
     (src / "later").write_text("later")
     wait_equal(src, in_image(image, src))

@@ -174,6 +174,36 @@ def test_put_compressed_keeps_the_wire_frame_as_it_is(store: ChunkStore) -> None
     assert store.get(digest(data)) == data
 
 
+@pytest.mark.parametrize("passphrase", [None, "sealed"])
+def test_get_frames_hands_out_stored_frames_for_a_sender_to_pass_on(
+    place: Place, passphrase: str | None
+) -> None:
+    """A recovery puts a chunk the store holds compressed on the wire as its stored frame
+    (decrypted); a chunk stored plain comes without one. Both come verified."""
+    text, noise, wired = text_chunk(7), random_chunk(8), text_chunk(9)
+    frame = zstandard.ZstdCompressor(level=1).compress(wired)
+    with place.create(passphrase=passphrase) as s:
+        s.put(digest(text), text)
+        s.put(digest(noise), noise)
+        s.put_compressed(digest(wired), len(wired), frame, plain=wired)
+        s.commit()
+        got = {d: (plain, f) for d, plain, f in s.get_frames([digest(text), digest(noise), digest(wired)])}
+    assert got[digest(noise)] == (noise, None), "incompressible: stored plain, sent plain"
+    plain, stored = got[digest(text)]
+    assert plain == text and stored is not None and len(stored) < len(text) // 2
+    assert zstandard.ZstdDecompressor().decompress(stored) == text
+    assert got[digest(wired)] == (wired, frame), "an arriving frame is kept and handed out byte for byte"
+
+
+def test_put_compressed_refuses_a_plain_text_that_is_not_the_chunk(store: ChunkStore) -> None:
+    data = text_chunk(5)
+    frame = zstandard.ZstdCompressor().compress(data)
+    with pytest.raises(TwinvaultError) as exc:
+        store.put_compressed(digest(data), len(data), frame, plain=text_chunk(6))
+    assert error_code(exc) == errors.CHUNK_CORRUPT
+    assert store.stats().chunks == 0
+
+
 def test_put_refuses_data_that_does_not_hash_to_its_digest(store: ChunkStore) -> None:
     data = random_chunk(4)
     with pytest.raises(TwinvaultError) as exc:

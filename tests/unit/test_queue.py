@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,25 @@ def test_stale_segments_of_a_previous_run_are_removed(folder: Path) -> None:
     queue = OpQueue(folder, QueueLimits())
     assert segment_files(folder) == []
     assert queue.take() is None
+
+
+def test_saved_frames_keep_their_wire_size_and_version_1_records_still_load(tmp_path: Path) -> None:
+    """Queue segment v2 adds the compressed size of a frame's payload (flag 2); a saved
+    queue of version 1 records (no such flag) loads, its wire size equal to its payload."""
+    folder = tmp_path / "q"
+    queue = OpQueue(folder, QueueLimits())
+    queue.append(QueuedFrame(1, frame(1).frame, True, 5000, 1234))
+    queue.append(QueuedFrame(2, frame(2).frame, True, 70))
+    assert queue.save() is not None
+    v1 = struct.pack("<QBQI", 3, 1, 900, FRAME_BYTES) + frame(3).frame  # as version 1 wrote it
+    with open(folder / "saved.q", "ab") as f:
+        f.write(v1)
+    again = OpQueue(folder, QueueLimits())
+    assert again.load_saved()
+    got = [again.take() for _ in range(3)]
+    assert [(i.seq, i.payload, i.payload_on_wire) for i in got if i] == [
+        (1, 5000, 1234),
+        (2, 70, 70),
+        (3, 900, 900),
+    ]
+    assert again.take() is None and again.disk_bytes == 0

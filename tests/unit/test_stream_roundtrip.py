@@ -23,7 +23,9 @@ import pytest
 
 from tests.helpers.roundtrip import Protection, overwrite, random_bytes, sparse_file, write
 from tests.helpers.tree import assert_trees_equal, compare_trees, make_rich_tree
+from tests.unit.test_history_property import open_test_history
 from twinvault import fsmeta
+from twinvault.compression import compressor_for
 from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
 from twinvault.protocol import messages as m
 from twinvault.protocol.frames import decode_body
@@ -517,3 +519,36 @@ def test_a_change_read_after_its_directory_was_renamed_is_read_again_under_the_n
         ]
     )
     assert_trees_equal(src, job.image_path(src))
+
+
+# --- compression ----------------------------------------------------------------------------
+
+
+def test_compressed_chunks_are_applied_and_stored_as_they_came(tmp_path: Path, src: str) -> None:
+    """At minimum, text chunks travel as zstd frames and random ones as they are; the image
+    equals the source, and the repository's chunk store keeps each arriving frame byte for
+    byte (never decompressed and compressed again)."""
+    make_source(src)
+    stdlib = Path(os.__file__).parent
+    texts = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size > 20_000)[:20]
+    os.mkdir(os.path.join(src, "text"))
+    for path in texts:
+        shutil.copyfile(path, os.path.join(src, "text", path.name))
+    history = open_test_history(tmp_path / "history")
+    job = Protection(tmp_path / "job", [src], history=history)
+    job.reader.compression = compressor_for("minimum")
+    try:
+        result = job.mirror()
+        assert result.statuses() == {"ok"}
+        assert_trees_equal(src, job.image_path(src))
+        packed = [seg for seg in result.segments() if seg[0] == m.SEG_ZDATA]
+        plain = [seg for seg in result.segments() if seg[0] == m.SEG_DATA]
+        assert len(packed) >= len(texts), "every text file travels compressed"
+        assert sum(len(seg[2]) for seg in packed) < 0.5 * sum(seg[3] for seg in packed)
+        assert sum(len(seg[2]) for seg in plain) >= 9 * MiB, "random data goes as it is"
+        history.commit()
+        kept = {d: f for d, _, f in history.store.get_frames([seg[1] for seg in packed])}
+        assert all(kept[seg[1]] == seg[2] for seg in packed)
+    finally:
+        job.close()
+        history.close()

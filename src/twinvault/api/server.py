@@ -18,6 +18,7 @@ from twinvault.daemon.host import Host
 from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
+from twinvault.protocol.connection import probe_route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATUS = {
@@ -119,6 +120,8 @@ def build_app(host: Host) -> web.Application:
                     start=None if body.get("start") is None else float(body["start"]),
                 )
             )
+        if action == "set":
+            return web.json_response(await host.set_job_options(job_id, body))
         if action == "verify":
             plan = await host.source_job(job_id).verify(
                 checksum=bool(body.get("checksum")), remirror=bool(body.get("remirror"))
@@ -238,6 +241,20 @@ def build_app(host: Host) -> web.Application:
         body = await request.json() if request.can_read_body else {}
         return web.json_response(await host.history.check(body.get("image"), bool(body.get("read_data"))))
 
+    async def route_check(request: web.Request) -> web.Response:
+        body = await request.json()
+        await probe_route(
+            str(body["address"]),
+            int(body["port"]),
+            server_hostname=body.get("name") or None,
+            fingerprint=str(body["fingerprint"]),
+            bind=str(body.get("bind") or ""),
+        )
+        return web.json_response({"ok": True})
+
+    async def statistics(request: web.Request) -> web.Response:
+        return web.json_response(host.statistics())
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(await host.history.stats())
 
@@ -268,6 +285,8 @@ def build_app(host: Host) -> web.Application:
     r.add_get("/api/jobs", jobs)
     r.add_get("/api/jobs/{job}", job)
     r.add_post("/api/jobs/{job}/{action}", job_action)
+    r.add_get("/api/statistics", statistics)
+    r.add_post("/api/routes/check", route_check)
     r.add_get("/api/events", events)
     r.add_get("/api/images", images)
     r.add_get("/api/images/{image}/points", points)

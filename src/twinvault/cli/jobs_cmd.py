@@ -14,6 +14,7 @@ from rich.table import Table
 
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.cli.transmission import add_transmission_options, transmission_body
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -50,6 +51,15 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     on_off.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=job_schedule)
+
+    p = job.add_parser("set", help="change a running job's transmission options (no remirror)")
+    p.add_argument("job")
+    p.add_argument(
+        "--server", default="localhost", help="the job's sending host (source, or repository of a recovery)"
+    )
+    add_transmission_options(p, changing=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=job_set)
 
     p = job.add_parser("forget", help="stop monitoring a job (it keeps running)")
     p.add_argument("job")
@@ -229,6 +239,29 @@ def job_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def job_set(args: argparse.Namespace) -> int:
+    """``job set``: the body holds only what was given; the sending host checks it all
+    before it changes anything. Options other modules add join ``transmission_body``."""
+    body = {k: v for k, v in transmission_body(args).items() if v not in (None, [], False)}
+    reply = ApiClient.for_host(args.server).call("POST", f"/api/jobs/{args.job}/set", body)
+    if args.json:
+        emit_json(reply)
+    else:
+        periods = ", ".join(reply.get("periods") or []) or "none"
+        console.print(
+            f"job {args.job}: limit now {_kbps(reply['limit_kbps'])} ({reply['period']} period; "
+            f"outside periods {_kbps(reply['default_kbps'])}; periods: {periods}); "
+            f"sending to {reply['peer_address']}"
+            + (f" from {reply['bind_address']}" if reply["bind_address"] else "")
+            + f"; compression {reply.get('compression', 'none')}"
+        )
+    return 0
+
+
+def _kbps(kbps: int) -> str:
+    return "unlimited" if not kbps else f"{kbps} KB/s"
+
+
 def _repository_of(client: ApiClient, job_id: str) -> ApiClient:
     """Snapshots are taken where the image is: the job's repository, through the cached
     login for it when the console asked the source."""
@@ -279,6 +312,14 @@ def _print_details(v: dict[str, Any]) -> None:
         ("Bytes sent compressed", human_bytes(rep.get("bytes_sent_compressed", 0))),
         ("Bytes queued", human_bytes(rep.get("bytes_queued", 0))),
     ]
+    tx = v.get("transmission")
+    if tx:
+        rows += [
+            ("Bandwidth limit", f"{_kbps(tx['limit_kbps'])} ({tx['period']} period)"),
+            ("Bandwidth periods", ", ".join(tx["periods"]) or "none"),
+            ("Route", tx["peer_address"] + (f" from {tx['bind_address']}" if tx["bind_address"] else "")),
+            ("Compression", tx.get("compression", "none")),
+        ]
     if v.get("last_error"):
         rows.append(("Last error", f"{v['last_error'].get('code')}: {v['last_error'].get('message')}"))
     table(f"job {v.get('id')}", ["", ""], rows)

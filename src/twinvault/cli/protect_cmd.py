@@ -9,6 +9,7 @@ from typing import Any
 from twinvault.cli.client import ApiClient, split_host
 from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
 from twinvault.cli.output import console, emit_json
+from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.snapshots import parse_duration
@@ -30,6 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cdp-days", type=float, default=0.0, metavar="N", help="keep every version N days")
     # The guide's "E-mailing repository server event messages": set on the repository.
     add_settings_options(p.add_argument_group("e-mail notification of the repository server"), "email-")
+    add_transmission_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=protect)
 
@@ -56,6 +58,7 @@ def protect(args: argparse.Namespace) -> int:
         )
     history = _history_options(args)
     email = settings_changes(args, "email-")
+    options = transmission_options(args)  # checked here: a refused option creates nothing
     source = ApiClient.for_host(args.source)
     repository = ApiClient.for_host(args.repository)
     if email:
@@ -85,6 +88,7 @@ def protect(args: argparse.Namespace) -> int:
         "excludes": args.exclude,
         "image_location": image["image_location"],
         "delete_orphans": args.delete_orphans,
+        **options,
     }
     try:
         source.call("POST", "/api/jobs", spec)

@@ -17,6 +17,7 @@ from typing import Any
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
 from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
 from twinvault.cli.output import console, emit_json, human_bytes
+from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 
@@ -39,6 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--full-server", action="store_true")
     # The guide's "E-mailing recovery server event messages": set on the recovery server.
     add_settings_options(p.add_argument_group("e-mail notification of the recovery server"), "email-")
+    add_transmission_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=recover)
 
@@ -52,6 +54,7 @@ def recover(args: argparse.Namespace) -> int:
         if not path.startswith("/"):
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"--include takes image paths (absolute): {path}")
     email = settings_changes(args, "email-")
+    options = transmission_options(args)  # checked here: a refused option creates nothing
     repository = ApiClient.for_host(args.repository)
     target = ApiClient.for_host(args.to_server)
     point = {"live": args.live, "snapshot": args.snapshot, "at": args.at, "includes": args.include}
@@ -67,7 +70,22 @@ def recover(args: argparse.Namespace) -> int:
     if email:
         apply_settings(target, email)  # before anything changes: a refusal stops here
     repo_name = repository.call("GET", "/api/host")["name"]
-    target_name = target.call("GET", "/api/host")["name"]
+    target_info = target.call("GET", "/api/host")
+    target_name = target_info["name"]
+    address, _ = split_host(args.to_server)
+    if options.get("route") or options.get("bind_address"):
+        # The sender (the repository) tries the route before anything changes anywhere.
+        repository.call(
+            "POST",
+            "/api/routes/check",
+            {
+                "address": options.get("route") or address,
+                "bind": options.get("bind_address") or "",
+                "port": target_info["peer_port"],
+                "name": target_name,
+                "fingerprint": target.fingerprint,
+            },
+        )
     warnings += _original_jobs(repository, args.image, args.original_job, target_name)
     shutdown = args.shutdown_source
     if shutdown and _source_of(repository, args.image) == target_name:
@@ -79,11 +97,11 @@ def recover(args: argparse.Namespace) -> int:
         "/api/recovery/targets",
         {"job_id": job_id, "source_name": repo_name, "target_path": args.target_path, "bytes": plan["bytes"]},
     )
-    address, _ = split_host(args.to_server)
     repository.call(
         "POST",
         "/api/recoveries",
         {
+            **options,
             "job_id": job_id,
             "image": args.image,
             "point": plan["point"],

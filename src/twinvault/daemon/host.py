@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twinvault.clock import clock_from_environment
+from twinvault.compression import checked_level
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService
@@ -35,6 +37,7 @@ from twinvault.ops.event_log import EventLog
 from twinvault.protocol.connection import LinkListener, listen_links
 from twinvault.protocol.link import Link
 from twinvault.protocol.tls import fingerprint_of_cert_file, server_context
+from twinvault.protocol.transmission import check_transmission, rerouted, transmission_changes
 from twinvault.repository.receiver import ImageJob, serve_peer
 from twinvault.source.job import JobSpec, ProtectionJob
 from twinvault.source.queue import QueueLimits
@@ -57,9 +60,12 @@ class Host:
         self.image_jobs: dict[str, ImageJob] = {}
         self._peer_server: LinkListener | None = None
         self.started = time.time()
+        self.clock = clock_from_environment()  # schedules' clock (bandwidth periods)
         self.history = HistoryService(home, self.config, self.emit, self.image_jobs)
         self.mounts = MountService(home, self.config, self.history)
-        self.recoveries = RecoveryService(home, self.config, self.emit, self.history, self.image_jobs)
+        self.recoveries = RecoveryService(
+            home, self.config, self.emit, self.history, self.image_jobs, clock=self.clock
+        )
 
     def emit(self, event_id: int, **fields: Any) -> None:
         self.events.emit(event_id, **fields)
@@ -133,6 +139,7 @@ class Host:
             self.emit,
             capture_method=self.config.capture,
             shutdown_command=self.config.shutdown_command,
+            clock=self.clock,
         )
 
     # -- repository role --------------------------------------------------------------
@@ -248,6 +255,7 @@ class Host:
 
     async def create_source_job(self, raw: dict[str, Any]) -> ProtectionJob:
         spec = JobSpec.from_json(raw)
+        checked_level(spec.compression)
         if spec.job_id in self.source_jobs:
             raise TwinvaultError(errors.REPLICATION_SET_EXISTS, spec.job_id)
         selection = Selection.build(list(spec.roots), list(spec.excludes))
@@ -264,6 +272,7 @@ class Host:
         spec = JobSpec.from_json(
             {**spec.to_json(), "roots": selection.roots, "source_name": self.config.name}
         )
+        await check_transmission(spec.to_json(), spec.receiver)
         self._save_spec(spec)
         job = self._make_job(spec)
         self.source_jobs[spec.job_id] = job
@@ -294,6 +303,19 @@ class Host:
             await job.stop()
         job = self._replace_spec(job, stopped=False)
         await job.start()
+
+    async def set_job_options(self, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``job set``: change a job's transmission options while it runs (no remirror).
+        Everything is checked before anything changes; a refused change changes nothing."""
+        if job_id in self.recoveries.jobs:
+            return await self.recoveries.set_options(job_id, body)
+        job = self.source_job(job_id)
+        changes = transmission_changes(body, job.spec.to_json())
+        spec = JobSpec.from_json({**job.spec.to_json(), **changes})
+        await check_transmission(spec.to_json(), spec.receiver, probe=rerouted(changes))
+        self._save_spec(spec)
+        job.change_options(spec)
+        return {"job": job_id, **job.status()["transmission"]}
 
     def _replace_spec(self, job: ProtectionJob, *, stopped: bool) -> ProtectionJob:
         spec = JobSpec.from_json({**job.spec.to_json(), "stopped": stopped})
@@ -369,6 +391,18 @@ class Host:
             base["status"] = "Communication Error" if job.last_status else base.get("status", "Unknown")
             base["recovery_available"] = False
         return base
+
+    def statistics(self) -> dict[str, Any]:
+        """The seed's connection statistics of the jobs this host sends for (DTStat's
+        ``con*`` counters), by job."""
+        views = [job.status() for job in self.source_jobs.values()]
+        views += [job.status() for job in self.recoveries.jobs.values()]
+        return {
+            "connections": [
+                {"id": v["id"], "type": v["type"], "target": v["target"], **v.get("statistics", {})}
+                for v in views
+            ]
+        }
 
     def host_info(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twinvault.clock import Clock
+from twinvault.compression import NONE, checked_level
 from twinvault.daemon.config import Home, HostConfig
 from twinvault.daemon.history_service import HistoryService
 from twinvault.durable import write_private
@@ -27,6 +29,7 @@ from twinvault.pit.restore import resolve_point
 from twinvault.pit.stream import summarize
 from twinvault.protocol import messages as m
 from twinvault.protocol.link import Link
+from twinvault.protocol.transmission import check_transmission, rerouted, transmission_changes
 from twinvault.recovery.job import RecoveryJob, RecoverySpec
 from twinvault.recovery.validation import validate_target
 from twinvault.repository.catalog import open_catalog
@@ -44,7 +47,9 @@ class RecoveryService:
         emit: Emit,
         history: HistoryService,
         image_jobs: dict[str, ImageJob],
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or Clock()
         self._home = home
         self._config = config
         self._emit = emit
@@ -110,7 +115,12 @@ class RecoveryService:
             total_bytes=int(raw.get("total_bytes") or 0),
             created=time.time(),
             shutdown_source=bool(raw.get("shutdown_source")),
+            compression=checked_level(raw.get("compression") or NONE),
+            bandwidth=dict(raw.get("bandwidth") or {}),
+            route=str(raw.get("route") or ""),
+            bind_address=str(raw.get("bind_address") or ""),
         )
+        await check_transmission(spec.to_json(), spec.receiver)
         job = await self._make(spec)
         self._save(job)
         job.start()
@@ -125,6 +135,7 @@ class RecoveryService:
             self._emit,
             self._config.name,
             on_finished=self._finished,
+            clock=self._clock,
         )
         self.jobs[spec.job_id] = job
         return job
@@ -156,6 +167,16 @@ class RecoveryService:
         with contextlib.suppress(ConnectionError, OSError, RuntimeError):
             await link.send([m.SHUTDOWN_SOURCE, {"job": job_id, "reason": "recovery completed"}])
             await link.flush()
+
+    async def set_options(self, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``job set`` on a recovery job: checked first, then saved and applied live."""
+        job = self.jobs[job_id]
+        changes = transmission_changes(body, job.spec.to_json())
+        spec = RecoverySpec.from_json({**job.spec.to_json(), **changes})
+        await check_transmission(spec.to_json(), spec.receiver, probe=rerouted(changes))
+        job.change_options(spec)
+        self._save(job)
+        return {"job": job_id, **job.status()["transmission"]}
 
     def _save(self, job: RecoveryJob) -> None:
         document = {"spec": job.spec.to_json(), "finished": job.progress.finished}

@@ -91,7 +91,11 @@ EMAIL_FORMAT_INVALID: Final = -2215
 EMAIL_ADDRESS_DOES_NOT_EXIST: Final = -2216
 EMAIL_RECIPIENTS_EMPTY: Final = -2217
 EMAIL_OK: Final = 2200
+BANDWIDTH_TIME_EXISTS: Final = -2301
+BANDWIDTH_NAME_EXISTS: Final = -2302
 BANDWIDTH_LIMIT_NOT_FOUND: Final = -2303
+BANDWIDTH_DAY_INVALID: Final = -2304
+BANDWIDTH_LABEL_INVALID: Final = -2305
 SNAPSHOT_NOT_LOADED: Final = -2401
 SNAPSHOT_NOT_FOUND: Final = -2403
 NO_SNAPSHOT_CONNECTIONS: Final = -2404
@@ -306,6 +310,11 @@ MOUNTPOINT_BUSY: Final = -1042
 FUSE_UNAVAILABLE: Final = -1043
 NOT_A_MOUNT: Final = -1044
 MOUNT_FAILED: Final = -1045
+# Transmission: bandwidth limits and routes
+BANDWIDTH_LIMIT_INVALID: Final = -1060
+ROUTE_NOT_ON_TARGET: Final = -1061
+ROUTE_UNREACHABLE: Final = -1062
+BIND_ADDRESS_NOT_LOCAL: Final = -1063
 
 _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     UNKNOWN_HOST: "Unknown host: no cached login (run twinvault login first)",
@@ -340,6 +349,10 @@ _TWINVAULT_CATALOG: Final[dict[int, str]] = {
     "(install the Debian package fuse3 and the pip package pyfuse3)",
     NOT_A_MOUNT: "Not a twinvault mount of this host",
     MOUNT_FAILED: "The mount could not be started",
+    BANDWIDTH_LIMIT_INVALID: "Bandwidth limit is invalid (whole KB/s, or 0 / unlimited for no limit)",
+    ROUTE_NOT_ON_TARGET: "Route address is not an address of the receiving host",
+    ROUTE_UNREACHABLE: "Route address cannot be reached from the sending host",
+    BIND_ADDRESS_NOT_LOCAL: "Bind address is not an address of the sending host",
 }
 
 ERROR_CATALOG: Final[dict[int, str]] = {**_GUIDE_CATALOG, **_TWINVAULT_CATALOG}

@@ -12,7 +12,7 @@ catalog). Chunks are fetched a window at a time so a large file never sits in me
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -58,10 +58,20 @@ def _within(path: bytes, root: bytes) -> bool:
 class PointInTimeStream:
     """Iterates ops for the image at one instant; ``totals`` counts what it produced."""
 
-    def __init__(self, store: ChunkStore, versions: Iterable[Version], *, skip_through: int = 0) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        versions: Iterable[Version],
+        *,
+        skip_through: int = 0,
+        compressed: Callable[[], bool] = lambda: False,
+    ) -> None:
         """``skip_through``: ops up to that sequence number were applied by an earlier,
-        interrupted run (the stream is deterministic for one point): not sent again."""
+        interrupted run (the stream is deterministic for one point): not sent again.
+        ``compressed``: whether the link carries compressed chunks now (asked per window,
+        so a change on a running job applies from the next window)."""
         self._store = store
+        self._compressed = compressed
         self._versions = versions
         self._seq = 0
         self._skip = skip_through
@@ -127,14 +137,46 @@ class PointInTimeStream:
 
     def _segments(self, pieces: list[Piece]) -> list[list[Any]]:
         wanted = [p.digest for p in pieces if p.digest != HOLE_DIGEST]
-        data = dict(self._store.get_many(wanted)) if wanted else {}
+        if not self._compressed():
+            data = dict(self._store.get_many(wanted)) if wanted else {}
+            return [
+                [m.SEG_HOLE, p.length] if p.digest == HOLE_DIGEST else [m.SEG_DATA, p.digest, data[p.digest]]
+                for p in pieces
+            ]
+        # A chunk the store holds compressed goes as its stored frame: never compressed
+        # twice. One the store holds plain was found not worth compressing when it was
+        # stored: it goes plain, without a second try.
+        stored = {digest: (plain, frame) for digest, plain, frame in self._store.get_frames(wanted)}
         segments: list[list[Any]] = []
         for piece in pieces:
             if piece.digest == HOLE_DIGEST:
                 segments.append([m.SEG_HOLE, piece.length])
+                continue
+            plain, frame = stored[piece.digest]
+            if frame is None:
+                segments.append([m.SEG_DATA, piece.digest, plain])
             else:
-                segments.append([m.SEG_DATA, piece.digest, data[piece.digest]])
+                segments.append([m.SEG_ZDATA, piece.digest, frame, len(plain)])
         return segments
+
+
+def payload_of(op: list[Any]) -> tuple[int, int]:
+    """(file bytes, the same bytes as they travel) of one op, for the sent statistics."""
+    if op[0] == m.FILE:
+        segments = op[5]
+    elif op[0] == m.FDATA:
+        segments = op[2]
+    else:
+        return 0, 0
+    plain = wire = 0
+    for seg in segments:
+        if seg[0] == m.SEG_DATA:
+            plain += len(seg[2])
+            wire += len(seg[2])
+        elif seg[0] == m.SEG_ZDATA:
+            plain += seg[3]
+            wire += len(seg[2])
+    return plain, wire
 
 
 def _windows(pieces: list[Piece]) -> Iterator[list[Piece]]:

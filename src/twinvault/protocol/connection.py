@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
 from twinvault.protocol.link import Link
@@ -34,19 +35,34 @@ async def connect_link(
     server_hostname: str | None,
     fingerprint: str,
     timeout: float = 10.0,
+    bind: str = "",
 ) -> Link:
-    """A link to a repository whose certificate has the pinned ``fingerprint``."""
-    sock = await asyncio.to_thread(_connect, address, port, context, server_hostname, fingerprint, timeout)
+    """A link to a repository whose certificate has the pinned ``fingerprint``, from the
+    local address ``bind`` when one is given (a host with several interfaces)."""
+    sock = await asyncio.to_thread(
+        _connect, address, port, context, server_hostname, fingerprint, timeout, bind
+    )
     return Link(sock)
 
 
 async def open_peer_link(
-    address: str, port: int, *, server_hostname: str | None, fingerprint: str, hello: dict[str, Any]
+    address: str,
+    port: int,
+    *,
+    server_hostname: str | None,
+    fingerprint: str,
+    hello: dict[str, Any],
+    bind: str = "",
 ) -> tuple[Link, dict[str, Any]]:
     """Connect, say hello, and return the link with the peer's welcome; a refusal is raised
     as the error the peer gave (the sending side of a protection or a recovery job)."""
     link = await connect_link(
-        address, port, context=client_context(), server_hostname=server_hostname, fingerprint=fingerprint
+        address,
+        port,
+        context=client_context(),
+        server_hostname=server_hostname,
+        fingerprint=fingerprint,
+        bind=bind,
     )
     try:
         await link.send([m.HELLO, {"proto": m.PROTOCOL_NAME, "version": m.PROTOCOL_VERSION, **hello}])
@@ -63,6 +79,45 @@ async def open_peer_link(
     return link, reply[1] if len(reply) > 1 and isinstance(reply[1], dict) else {}
 
 
+async def probe_route(
+    address: str,
+    port: int,
+    *,
+    server_hostname: str | None,
+    fingerprint: str,
+    bind: str = "",
+    timeout: float = 5.0,
+) -> None:
+    """Check that a route (``address``, from ``bind``) reaches the receiving host: a TLS
+    handshake whose certificate is the pinned one. Raises the catalog's route errors."""
+    where = f"{address}:{port}" + (f" from {bind}" if bind else "")
+    try:
+        sock = await asyncio.to_thread(
+            _connect, address, port, client_context(), server_hostname, fingerprint, timeout, bind
+        )
+    except TwinvaultError as exc:
+        if exc.code == errors.FINGERPRINT_MISMATCH:
+            raise TwinvaultError(
+                errors.ROUTE_NOT_ON_TARGET, f"{where} is another host ({exc.detail})"
+            ) from exc
+        raise
+    except _BindFailed as exc:
+        raise TwinvaultError(errors.BIND_ADDRESS_NOT_LOCAL, f"{bind}: {exc}") from exc
+    except ConnectionRefusedError as exc:
+        raise TwinvaultError(errors.ROUTE_NOT_ON_TARGET, f"{where}: no twinvault peer port there") from exc
+    except ssl.SSLError as exc:
+        raise TwinvaultError(
+            errors.ROUTE_NOT_ON_TARGET, f"{where}: not a twinvault peer port ({exc})"
+        ) from exc
+    except (TimeoutError, OSError) as exc:
+        raise TwinvaultError(errors.ROUTE_UNREACHABLE, f"{where}: {exc}") from exc
+    sock.close()
+
+
+class _BindFailed(OSError):
+    """The local address to connect from cannot be bound."""
+
+
 def _connect(
     address: str,
     port: int,
@@ -70,8 +125,18 @@ def _connect(
     server_hostname: str | None,
     fingerprint: str,
     timeout: float,
+    bind: str = "",
 ) -> ssl.SSLSocket:
-    raw = socket.create_connection((address, port), timeout=timeout)
+    if bind:
+        raw = _bound_socket(address, port, bind)
+        try:
+            raw.settimeout(timeout)
+            raw.connect((address, port))
+        except BaseException:
+            raw.close()
+            raise
+    else:
+        raw = socket.create_connection((address, port), timeout=timeout)
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = context.wrap_socket(raw, server_hostname=server_hostname)  # the handshake, within timeout
@@ -84,6 +149,17 @@ def _connect(
         sock.close()
         raise
     return sock
+
+
+def _bound_socket(address: str, port: int, bind: str) -> socket.socket:
+    family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    raw = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        raw.bind((bind, 0))
+    except OSError as exc:
+        raw.close()
+        raise _BindFailed(exc.errno, exc.strerror) from exc
+    return raw
 
 
 class LinkListener:

@@ -13,6 +13,10 @@ Only the I/O thread touches the SSL object: OpenSSL does not let two threads use
 connection at once. A sender may hand the thread a *feed*, a function it calls for more
 frames whenever it has room, so that a source's queue drains straight onto the wire.
 
+A bandwidth limit (``set_rate``) paces the writes with a ``pacing.Pacer``: the thread
+writes a piece at a time and sleeps in ``poll`` (still reading) until the bucket allows
+the next; unlimited links never consult it.
+
 Back-pressure: received messages wait in an inbox of about ``INBOX_BYTES`` (beyond it
 the thread stops reading and TCP holds the peer back); posted frames wait in an outbox,
 and ``send`` waits while it holds more than ``OUTBOX_BYTES``. Opening links (connect,
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twinvault.protocol.frames import FrameReader, encode_frame
+from twinvault.protocol.pacing import Pacer, unsent_bytes
 
 # A feed returns frames to send, about ``budget`` bytes of them (at least one if any).
 Feed = Callable[[int], list[bytes]]
@@ -53,6 +58,7 @@ class LinkCounters:
     bytes_rx: int = 0
     frames_tx: int = 0
     frames_rx: int = 0
+    bytes_written: int = 0  # handed to TLS by the I/O thread (bytes_tx counts posted frames)
 
 
 class Link:
@@ -82,6 +88,8 @@ class Link:
         self._recv_waiter: asyncio.Future[None] | None = None
         self._room_waiters: list[asyncio.Future[None]] = []
         self._done: asyncio.Future[None] = self._loop.create_future()
+        self._rate: int | None = None  # bytes per second; None: unlimited
+        self._rate_changed = False
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name=f"link {self.peer}", daemon=True)
         self._thread.start()
@@ -104,6 +112,19 @@ class Link:
         with self._lock:
             self._feed = feed
             self._wake_locked()
+
+    def set_rate(self, bytes_per_s: int | None) -> None:
+        """Limit what the link writes to ``bytes_per_s`` (None: unlimited), from now on;
+        from any thread."""
+        with self._lock:
+            if bytes_per_s != self._rate:
+                self._rate = bytes_per_s
+                self._rate_changed = True
+                self._wake_locked()
+
+    @property
+    def rate(self) -> int | None:
+        return self._rate
 
     def wake(self) -> None:
         """The feed has frames again (after it returned none)."""
@@ -199,13 +220,24 @@ class Link:
         watching = True  # False once the socket reported a hang-up or an error
         end: BaseException | None = None
         graceful = False
+        pacer: Pacer | None = None
+        paid = 0  # bytes at the head of ``out`` the pacer already granted
         try:
             while not self._aborted:
-                if out_bytes < WRITE_BYTES:
-                    out_bytes += self._take(out, WRITE_BYTES - out_bytes)
+                if self._rate_changed:
+                    with self._lock:
+                        self._rate_changed = False
+                        pacer = Pacer(self._rate) if self._rate else None
+                budget = WRITE_BYTES if pacer is None else pacer.take_budget(WRITE_BYTES)
+                if out_bytes < budget:
+                    out_bytes += self._take(out, budget - out_bytes)
                 drained = False  # all that was taken is written: take again before sleeping
+                paced = 0.0  # seconds until the pacer allows the next write
                 if out and writable:
-                    out_bytes, write_on = self._write(out, out_bytes)
+                    if pacer is None:
+                        out_bytes, write_on = self._write(out, out_bytes)
+                    else:
+                        out_bytes, write_on, paid, paced = self._write_paced(out, out_bytes, pacer, paid)
                     writable = not write_on
                     drained = not out
                 reading = self._end is None and self._inbox_bytes < INBOX_BYTES
@@ -216,7 +248,7 @@ class Link:
                 if self._closing and not out and not self._outbox:
                     graceful = True
                     break
-                if (out and writable) or (reading and readable) or drained:
+                if (out and writable and not paced) or (reading and readable) or drained:
                     continue
                 with self._lock:
                     if self._kicked:
@@ -227,7 +259,7 @@ class Link:
                 if want != mask and watching:
                     poller.modify(fd, want)
                     mask = want
-                events = poller.poll()
+                events = poller.poll(max(1, int(paced * 1000 + 0.999)) if paced else None)
                 with self._lock:
                     self._sleeping = False
                 for ready_fd, ev in events:
@@ -299,11 +331,38 @@ class Link:
                 else:
                     out.popleft()
                 out_bytes -= n
+                self.counters.bytes_written += n
         except ssl.SSLWantWriteError:
             return out_bytes, _OUT
         except ssl.SSLWantReadError:
             return out_bytes, _IN
         return out_bytes, 0
+
+    def _write_paced(
+        self, out: deque[bytes | memoryview], out_bytes: int, pacer: Pacer, paid: int
+    ) -> tuple[int, int, int, float]:
+        """``_write`` a piece at a time as the pacer grants them; also returns the bytes
+        paid for but not yet written and the seconds to wait for the next grant."""
+        while out:
+            if not paid:
+                head = out[0]
+                paid, wait = pacer.grant(len(head), unsent_bytes(self._sock.fileno()))
+                if not paid:
+                    return out_bytes, 0, 0, wait
+                if paid < len(head):
+                    # Split the head: OpenSSL retries a blocked write with the same buffer.
+                    view = memoryview(head)
+                    out[0] = view[paid:]
+                    out.appendleft(view[:paid])
+            before = out_bytes
+            piece = deque([out.popleft()])
+            out_bytes, blocked = self._write(piece, out_bytes)
+            paid -= before - out_bytes
+            if piece:
+                out.appendleft(piece[0])
+            if blocked:
+                return out_bytes, blocked, paid, 0.0
+        return out_bytes, 0, paid, 0.0
 
     def _read(self, reader: FrameReader) -> int:
         """Receive and cut frames for one round; the event a further read waits for

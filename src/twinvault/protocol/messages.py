@@ -1,4 +1,4 @@
-"""Messages of the peer protocol (version 1) and the operation stream they carry.
+"""Messages of the peer protocol (version 2) and the operation stream they carry.
 
 Every frame body is a msgpack array ``[kind, ...]``. The op stream (mirror and
 replication share it) is ordered by ``seq``; file contents travel as a ``fbegin``,
@@ -13,10 +13,13 @@ import os
 from typing import Final
 
 PROTOCOL_NAME: Final = "twinvault"
-# Version history: 1 = first release. A repository accepts any source version in
-# [MIN_SUPPORTED_VERSION, PROTOCOL_VERSION]; a source newer than the repository is
-# refused with error -157 because the repository cannot know what its ops mean.
-PROTOCOL_VERSION: Final = 1
+# Version history: 1 = first release; 2 = compressed chunks (segment SEG_ZDATA), sent
+# only by a version 2 sender to a receiver that welcomed version 2. A repository accepts
+# any source version in [MIN_SUPPORTED_VERSION, PROTOCOL_VERSION]; a source newer than
+# the repository is refused with error -157 because the repository cannot know what
+# its ops mean.
+PROTOCOL_VERSION: Final = 2
+COMPRESSED_SEGMENTS_SINCE: Final = 2
 MIN_SUPPORTED_VERSION: Final = 1
 
 # Handshake
@@ -65,6 +68,7 @@ SEG_DATA: Final = 0  # [0, hash, bytes]             new chunk
 SEG_REF: Final = 1  # [1, hash, length]            a chunk the repository holds elsewhere
 SEG_RUN: Final = 2  # [2, first_index, count]      chunks of this path's previous version
 SEG_HOLE: Final = 3  # [3, length]                  sparse hole
+SEG_ZDATA: Final = 4  # [4, hash, zstd_frame, length] new chunk, compressed (version 2)
 
 # Manifest entries: [path, kind, size, mtime_ns, mode, uid, gid, chunks]
 # where chunks is b"" (unknown / not a file) or the concatenated 32-byte chunk hashes

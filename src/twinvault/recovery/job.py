@@ -23,13 +23,17 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from twinvault.clock import Clock
+from twinvault.compression import NONE
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.opstream import PointInTimeStream, versions_for
+from twinvault.pit.opstream import PointInTimeStream, payload_of, versions_for
 from twinvault.protocol import messages as m
+from twinvault.protocol.bandwidth import BandwidthKeeper, BandwidthSchedule
 from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.frames import encode_frame
 from twinvault.protocol.link import Link
+from twinvault.protocol.transmission import Receiver, transmission_view
 from twinvault.repository.catalog import Version, open_catalog
 from twinvault.repository.chunkstore import ChunkStore
 from twinvault.threads import iterate_in_thread
@@ -61,6 +65,18 @@ class RecoverySpec:
     total_bytes: int = 0
     created: float = 0.0
     shutdown_source: bool = False
+    compression: str = NONE  # none | minimum | medium | maximum (twinvault.compression)
+    bandwidth: dict[str, Any] = field(default_factory=dict)  # a BandwidthSchedule's JSON
+    route: str = ""  # the recovery server's address to send to ("": target_address)
+    bind_address: str = ""  # this repository's address to send from ("": the system's choice)
+
+    @property
+    def peer_address(self) -> str:
+        return self.route or self.target_address
+
+    @property
+    def receiver(self) -> Receiver:
+        return Receiver(self.target_address, self.target_peer_port, self.target_name, self.target_fingerprint)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +92,9 @@ class RecoverySpec:
 @dataclass(slots=True)
 class RecoveryProgress:
     status: str = "Calculating"  # Calculating | Mirroring | Idle (done) | Communication Error | Stopped
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # frames on the wire
+    payload_sent: int = 0  # file bytes sent
+    payload_sent_compressed: int = 0  # the same bytes as they travelled
     bytes_acked: int = 0
     acked_seq: int = 0
     sent_seq: int = 0
@@ -100,6 +118,7 @@ class RecoveryJob:
         emit: Emit,
         source_name: str,
         on_finished: Callable[[RecoveryJob], None] = lambda job: None,
+        clock: Clock | None = None,
     ) -> None:
         self.spec = spec
         self._store = store
@@ -111,13 +130,20 @@ class RecoveryJob:
         self._task: asyncio.Task[None] | None = None
         self._acked = asyncio.Event()
         self._sizes: dict[int, int] = {}  # seq -> bytes of its frames, until acknowledged
+        self._link_version = 0  # the protocol version the recovery server welcomed
+        self._link: Link | None = None
+        self.bandwidth = BandwidthKeeper(
+            BandwidthSchedule.from_json(spec.bandwidth), clock or Clock(), emit, self._fields
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.bandwidth.start()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        await self.bandwidth.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -138,6 +164,8 @@ class RecoveryJob:
                 self.progress.last_error = str(exc)
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
+            self._link = link
+            self.bandwidth.attach(link)
             try:
                 await self._send_point(link, resume_after)
             except (
@@ -152,13 +180,16 @@ class RecoveryJob:
                 self._emit(ev.AUTO_RECONNECTING, **self._fields())
                 await asyncio.sleep(RECONNECT_DELAY_S)
             finally:
+                self._link = None
+                self.bandwidth.attach(None)
                 await link.close()
+        await self.bandwidth.stop()
         self._on_finished(self)
 
     def _fields(self) -> dict[str, Any]:
         return {
             "target": self.spec.target_name,
-            "address": self.spec.target_address,
+            "address": self.spec.peer_address,
             "replication_set": self.spec.image,
             "job": self.spec.job_id,
         }
@@ -167,13 +198,15 @@ class RecoveryJob:
 
     async def _connect(self) -> tuple[Link, int]:
         link, welcome = await open_peer_link(
-            self.spec.target_address,
+            self.spec.peer_address,
             self.spec.target_peer_port,
             server_hostname=self.spec.target_name or None,
             fingerprint=self.spec.target_fingerprint,
             hello={"job": self.spec.job_id, "token": self.spec.token, "source": self._source_name,
                    "epoch": self.spec.epoch},
+            bind=self.spec.bind_address,
         )  # fmt: skip
+        self._link_version = int(welcome.get("version") or 1)
         self._emit(ev.CONNECTED, **self._fields())
         return link, int(welcome.get("last_seq") or 0)
 
@@ -186,7 +219,7 @@ class RecoveryJob:
         # of the link, so reading overlaps sending.
         frames = iterate_in_thread(_blocking_frames(self._ops(resume_after)), ahead=32)
         try:
-            async for seq, frame in frames:
+            async for seq, frame, payload, wire_payload in frames:
                 while sum(self._sizes.values()) > MAX_UNACKED_BYTES and not receiver.done():
                     self._acked.clear()
                     await asyncio.wait({receiver, asyncio.ensure_future(self._acked.wait())}, timeout=5,
@@ -197,6 +230,8 @@ class RecoveryJob:
                 await link.send_raw(frame)
                 self._sizes[seq] = self._sizes.get(seq, 0) + len(frame)
                 self.progress.bytes_sent += len(frame)
+                self.progress.payload_sent += payload
+                self.progress.payload_sent_compressed += wire_payload
                 self.progress.sent_seq = seq
             final = self.progress.sent_seq + 1
             await link.send([m.MARK, final, RECOVERY_COMPLETE_MARK])
@@ -247,9 +282,24 @@ class RecoveryJob:
             versions: Iterator[Version] = versions_for(catalog, self.spec.image, self.spec.point, includes)
             if self.spec.excludes:
                 versions = (v for v in versions if not excluded(v.path, self.spec.excludes))
-            yield from PointInTimeStream(self._store, versions, skip_through=resume_after)
+            yield from PointInTimeStream(
+                self._store, versions, skip_through=resume_after, compressed=self._compressed
+            )
         finally:
             catalog.close()
+
+    def change_options(self, spec: RecoverySpec) -> None:
+        """``job set`` on a running recovery: a new limit holds at once; a new route ends
+        the link and the job resumes through it after the last op the target committed."""
+        rerouted = (spec.route, spec.bind_address) != (self.spec.route, self.spec.bind_address)
+        self.spec = spec
+        self.bandwidth.replace(BandwidthSchedule.from_json(spec.bandwidth))
+        if rerouted and self._link is not None:
+            self._link.abort()
+
+    def _compressed(self) -> bool:
+        """Chunks go compressed when the job asks for it and the receiver reads them."""
+        return self.spec.compression != NONE and self._link_version >= m.COMPRESSED_SEGMENTS_SINCE
 
     # -- the monitor's view ------------------------------------------------------------------
 
@@ -270,8 +320,10 @@ class RecoveryJob:
             "percent_complete": round(percent, 1),
             "time_remaining_s": 0,
             "health": "error" if p.status == "Communication Error" else "ok",
-            "total_sent_bytes": p.bytes_sent,
-            "total_sent_compressed_bytes": p.bytes_sent,
+            "total_sent_bytes": p.payload_sent,
+            "total_sent_compressed_bytes": p.payload_sent_compressed,
+            "wire_bytes": p.bytes_sent,
+            "compression": self.spec.compression,
             "transmit_status": "Idle" if self.done else "Transmitting",
             "target_status": "Idle" if self.done else "Processing",
             "recovery_available": self.done,
@@ -287,12 +339,14 @@ class RecoveryJob:
                 "bytes_sent_compressed": 0,
                 "bytes_queued": 0,
             },
+            **transmission_view(self.bandwidth, self.spec),
             "failed_paths": p.failed_paths[:100],
             "last_error": p.last_error,
         }
 
 
-def _blocking_frames(ops: Iterator[list[Any]]) -> Generator[tuple[int, bytes], None, None]:
-    """Encode ops in the worker thread that reads their chunks."""
+def _blocking_frames(ops: Iterator[list[Any]]) -> Generator[tuple[int, bytes, int, int], None, None]:
+    """Encode ops in the worker thread that reads their chunks: (seq, frame, file bytes,
+    the same bytes as they travel)."""
     for op in ops:
-        yield int(op[1]), encode_frame(op)
+        yield int(op[1]), encode_frame(op), *payload_of(op)

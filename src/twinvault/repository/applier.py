@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from twinvault import fsmeta
+from twinvault.compression import FrameInvalid, decompress_frame
 from twinvault.ops import events as ev
 from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
 from twinvault.protocol import messages as m
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Emit = Callable[..., Any]
+# A compressed segment claiming more than this is refused before anything is allocated
+# (chunks are at most a few hundred KiB; a frame's data is bounded by MAX_FRAME_BYTES).
+MAX_CHUNK_BYTES = 32 << 20
 
 
 class Stopped(Exception):
@@ -404,6 +408,14 @@ class Applier:
                     recorder.chunk(digest, data)
                 pieces.append(ChunkPiece(digest, offset, len(data)))
                 offset += len(data)
+            elif tag == m.SEG_ZDATA:
+                digest, frame, length = seg[1], seg[2], int(seg[3])
+                data = _decompressed(frame, length)
+                _pwrite_all(x.fd, data, offset)
+                if recorder is not None:
+                    recorder.chunk_frame(digest, frame, data)  # stored as it came
+                pieces.append(ChunkPiece(digest, offset, length))
+                offset += length
             elif tag == m.SEG_HOLE:
                 offset += int(seg[1])
             elif tag == m.SEG_REF:
@@ -548,6 +560,15 @@ class Applier:
 
 def _digests(pieces: list[ChunkPiece]) -> bytes:
     return b"".join(p.digest for p in pieces)
+
+
+def _decompressed(frame: object, length: int) -> bytes:
+    if not isinstance(frame, bytes) or not 0 <= length <= MAX_CHUNK_BYTES:
+        raise TwinvaultError(-1007, "malformed compressed segment")
+    try:
+        return decompress_frame(frame, length)
+    except FrameInvalid as exc:
+        raise TwinvaultError(-1007, f"compressed segment: {exc}") from None
 
 
 def _reader(fd: int, length: int, offset: int) -> Callable[[], bytes]:

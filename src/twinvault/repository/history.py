@@ -365,6 +365,13 @@ class Recorder:
             self.pinned.add(digest)
             self._store.put(digest, data)
 
+    def chunk_frame(self, digest: bytes, frame: bytes, data: bytes) -> None:
+        """A chunk that arrived compressed: its zstd frame is stored as it is (``data``
+        is that frame decompressed, hashed by the store before it files the frame)."""
+        with self.lock:
+            self.pinned.add(digest)
+            self._store.put_compressed(digest, len(data), frame, plain=data)
+
     def ensure_chunk(self, digest: bytes, read: Callable[[], bytes]) -> None:
         """A chunk the op reused from the live image: stored already, unless the image
         predates its history (then it is read back from the image once)."""

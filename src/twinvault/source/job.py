@@ -28,13 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twinvault.clock import Clock
+from twinvault.compression import compressor_for
 from twinvault.durable import write_private
 from twinvault.memory import release_free_memory
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
+from twinvault.protocol.bandwidth import BandwidthKeeper, BandwidthSchedule
 from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.link import Link
+from twinvault.protocol.transmission import Receiver
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
@@ -74,6 +78,24 @@ class JobSpec:
     delete_orphans: bool = False
     stopped: bool = False
     job_type: str = "Data Protection"
+    compression: str = "none"  # none | minimum | medium | maximum (twinvault.compression)
+    bandwidth: dict[str, Any] = field(default_factory=dict)  # a BandwidthSchedule's JSON
+    route: str = ""  # the repository's address to send to ("": repository_address)
+    bind_address: str = ""  # the local address to send from ("": the system's choice)
+
+    @property
+    def peer_address(self) -> str:
+        """Where the link goes: the route when one is chosen."""
+        return self.route or self.repository_address
+
+    @property
+    def receiver(self) -> Receiver:
+        return Receiver(
+            self.repository_address,
+            self.repository_peer_port,
+            self.repository_name,
+            self.repository_fingerprint,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +133,7 @@ class ProtectionJob:
         *,
         capture_method: str = "auto",
         shutdown_command: str = "",
+        clock: Clock | None = None,
     ) -> None:
         self.spec = spec
         self.selection = Selection(spec.roots, spec.excludes)
@@ -124,6 +147,7 @@ class ProtectionJob:
         self.stream = self._restore_stream()
         self.view = RemoteView()
         self.reader = Reader(self.selection, self.view, self.stream, self._mark_again, self._on_mark)
+        self.reader.compression = compressor_for(spec.compression)
         self.mirror = MirrorState()
         self.replication_status = "Pending"
         self.transmit_status = "Stopped"
@@ -134,6 +158,9 @@ class ProtectionJob:
         self.failed_paths: list[str] = []
         self.bytes_sent_mirror = 0
         self.bytes_sent_replication = 0
+        # The same bytes as they went on the wire, compressed (the seed's "sent compressed").
+        self.bytes_sent_mirror_compressed = 0
+        self.bytes_sent_replication_compressed = 0
         self.wire_bytes_tx = 0
         self._discarding = False
         self._remirror = asyncio.Event()
@@ -148,11 +175,15 @@ class ProtectionJob:
         self.throughput = Rate()
         self._sent_seq = 0
         self._link_tasks: tuple[asyncio.Task[None], ...] = ()
+        self.bandwidth = BandwidthKeeper(
+            BandwidthSchedule.from_json(spec.bandwidth), clock or Clock(), emit, self._fields
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         self._stopping.clear()
+        self.bandwidth.start()
         self._reader_thread = threading.Thread(
             target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True
         )
@@ -171,6 +202,7 @@ class ProtectionJob:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        await self.bandwidth.stop()
         if self._reader_thread is not None:
             await asyncio.to_thread(self._reader_thread.join, 10)
         self.reader.close()
@@ -203,7 +235,7 @@ class ProtectionJob:
         """The fields the seed's connection events name."""
         return {
             "target": self.spec.repository_name,
-            "address": self.spec.repository_address,
+            "address": self.spec.peer_address,
             "replication_set": ",".join(self.spec.roots),
             "job": self.spec.job_id,
         }
@@ -355,6 +387,7 @@ class ProtectionJob:
                     self.last_error = exc.to_json()["error"]
             finally:
                 self._link = None
+                self.bandwidth.attach(None)
                 self.connected = False
                 self.transmit_status = "Error" if not self._stopping.is_set() else "Stopped"
                 self.replication_status = "Pending"
@@ -375,7 +408,7 @@ class ProtectionJob:
 
     async def _connect(self) -> Link:
         link, _ = await open_peer_link(
-            self.spec.repository_address,
+            self.spec.peer_address,
             self.spec.repository_peer_port,
             server_hostname=self.spec.repository_name or None,
             fingerprint=self.spec.repository_fingerprint,
@@ -385,6 +418,7 @@ class ProtectionJob:
                 "source": self.spec.source_name,
                 "epoch": self.stream.epoch,
             },
+            bind=self.spec.bind_address,
         )
         return link
 
@@ -396,6 +430,7 @@ class ProtectionJob:
         self.target_status = "Processing"
         self.last_error = None
         self.queue.rewind()
+        self.bandwidth.attach(link)  # before the first frame: the limit holds from the start
         link.set_feed(self._take_frames)
         receiver = asyncio.create_task(self._receive(link))
         sender = asyncio.create_task(self._send_status(link))
@@ -570,8 +605,10 @@ class ProtectionJob:
         self.wire_bytes_tx += len(item.frame)
         if item.replication:
             self.bytes_sent_replication += item.payload
+            self.bytes_sent_replication_compressed += item.payload_on_wire
         else:
             self.bytes_sent_mirror += item.payload
+            self.bytes_sent_mirror_compressed += item.payload_on_wire
             self.mirror.bytes_sent += item.payload
             if item.payload:
                 self.mirror.checkpoints.append((item.seq, self.mirror.bytes_sent))
@@ -583,6 +620,19 @@ class ProtectionJob:
             self.mirror.bytes_acked = checkpoints.popleft()[1]
 
     # -- console requests -------------------------------------------------------------
+
+    def change_options(self, spec: JobSpec) -> None:
+        """``job set``: the same job with changed transmission options, on a running job.
+        A new limit or schedule holds from now on the link as it is; a new route or bind
+        address ends the link, and the job reconnects through it at once."""
+        rerouted = (spec.route, spec.bind_address) != (self.spec.route, self.spec.bind_address)
+        self.spec = spec
+        # What the reader reads from now on is compressed at the new level (no remirror,
+        # no new link); frames already queued go as they were made: the receiver takes both.
+        self.reader.compression = compressor_for(spec.compression)
+        self.bandwidth.replace(BandwidthSchedule.from_json(spec.bandwidth))
+        if rerouted and self._link is not None:
+            self._link.abort()
 
     async def verify(self, *, checksum: bool, remirror: bool) -> MirrorPlan:
         """Compare source and image now; with ``remirror`` send what differs."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from twinvault.protocol.transmission import transmission_view
+
 if TYPE_CHECKING:
     from twinvault.source.job import ProtectionJob
 
@@ -35,6 +37,7 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
     elif mirror.orphans and not job.spec.delete_orphans:
         health = "warning"
     total = job.bytes_sent_mirror + job.bytes_sent_replication
+    total_compressed = job.bytes_sent_mirror_compressed + job.bytes_sent_replication_compressed
     return {
         "id": job.spec.job_id,
         "type": job.spec.job_type,
@@ -48,7 +51,8 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
         "percent_complete": percent,
         "time_remaining_s": time_remaining,
         "total_sent_bytes": total,
-        "total_sent_compressed_bytes": total,
+        "total_sent_compressed_bytes": total_compressed,
+        "compression": job.spec.compression,
         "wire_bytes": job.wire_bytes_tx,
         "transmit_status": job.transmit_status,
         "target_status": job.target_status,
@@ -65,11 +69,12 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
         "replication": {
             "status": job.replication_status,
             "bytes_sent": job.bytes_sent_replication,
-            "bytes_sent_compressed": job.bytes_sent_replication,
+            "bytes_sent_compressed": job.bytes_sent_replication_compressed,
             "bytes_queued": job.queue.replication_bytes_queued + job.queue.inflight_bytes,
             "disk_queue_bytes": job.queue.disk_bytes,
             "pending_paths": len(job.changes),
         },
+        **transmission_view(job.bandwidth, job.spec),
         "failed_paths": job.failed_paths[-100:],
         "last_error": job.last_error,
         "chunks": {

@@ -37,13 +37,16 @@ class OpStream:
     def emit_mark(self, name: str) -> int:
         return self.emit("mark", [name], replication=True)
 
-    def emit(self, kind: str, fields: list[Any], *, replication: bool, payload: int = 0) -> int:
-        """Queue one op frame; ``payload`` is the file bytes it carries (for statistics)."""
+    def emit(
+        self, kind: str, fields: list[Any], *, replication: bool, payload: int = 0, wire_payload: int = -1
+    ) -> int:
+        """Queue one op frame; ``payload`` is the file bytes it carries, ``wire_payload``
+        the same bytes as they travel, compressed or not (-1: as many), for statistics."""
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
             frame = encode_frame([kind, seq, *fields])
-            self.queue.append(QueuedFrame(seq, frame, replication, payload))
+            self.queue.append(QueuedFrame(seq, frame, replication, payload, wire_payload))
             self.counters.ops += 1
             if replication:
                 self.counters.replication_bytes += payload

@@ -10,7 +10,7 @@ Limits are the seed's: memory max MB, disk folder, disk max MB (or unlimited) an
 minimum free MB on the disk folder's filesystem. When a frame fits nowhere the queue
 is *exhausted*: it is emptied and the owner auto-disconnects (event 4007) and later
 reconnects with a difference mirror. Segment record: ``u64 seq | u8 flags | u64 payload |
-u32 len | frame`` (``docs/formats.md``, queue segment v1).
+u32 len | [u64 wire payload if flags & 2] | frame`` (``docs/formats.md``, queue segment v2).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _REC = struct.Struct("<QBQI")  # seq, flags, payload bytes, frame length
+_WIRE = struct.Struct("<Q")  # wire payload bytes, present when flags & FLAG_WIRE_PAYLOAD
 FLAG_REPLICATION = 1
+FLAG_WIRE_PAYLOAD = 2  # version 2: the payload's size on the wire (compressed) follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,15 @@ class QueuedFrame:
     frame: bytes
     replication: bool
     payload: int = 0  # file bytes the frame carries, for the sent-bytes statistics
+    wire_payload: int = -1  # those bytes as they travel (compressed); -1: as many as payload
+
+    @property
+    def payload_on_wire(self) -> int:
+        return self.payload if self.wire_payload < 0 else self.wire_payload
+
+
+def _record_size(item: QueuedFrame) -> int:
+    return _REC.size + (_WIRE.size if item.wire_payload >= 0 else 0) + len(item.frame)
 
 
 class QueueExhausted(Exception):
@@ -59,7 +70,11 @@ class _DiskSegment:
 
     def append(self, item: QueuedFrame) -> None:
         flags = FLAG_REPLICATION if item.replication else 0
-        record = memoryview(_REC.pack(item.seq, flags, item.payload, len(item.frame)) + item.frame)
+        wire = b""
+        if item.wire_payload >= 0:
+            flags |= FLAG_WIRE_PAYLOAD
+            wire = _WIRE.pack(item.wire_payload)
+        record = memoryview(_REC.pack(item.seq, flags, item.payload, len(item.frame)) + wire + item.frame)
         written = 0
         while written < len(record):  # a short write must not leave a torn record
             written += os.write(self.write_fd, record[written:])
@@ -72,10 +87,15 @@ class _DiskSegment:
         if self.read_fd < 0:
             self.read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         seq, flags, payload, length = _REC.unpack(os.pread(self.read_fd, _REC.size, self.read_pos))
-        frame = os.pread(self.read_fd, length, self.read_pos + _REC.size)
-        self.read_pos += _REC.size + length
+        head = _REC.size
+        wire = -1
+        if flags & FLAG_WIRE_PAYLOAD:
+            (wire,) = _WIRE.unpack(os.pread(self.read_fd, _WIRE.size, self.read_pos + head))
+            head += _WIRE.size
+        frame = os.pread(self.read_fd, length, self.read_pos + head)
+        self.read_pos += head + length
         self.count -= 1
-        return QueuedFrame(seq, frame, bool(flags & FLAG_REPLICATION), payload)
+        return QueuedFrame(seq, frame, bool(flags & FLAG_REPLICATION), payload, wire)
 
     def remove(self) -> None:
         os.close(self.write_fd)
@@ -125,7 +145,7 @@ class OpQueue:
             self._notify()
 
     def _append_disk(self, item: QueuedFrame) -> None:
-        size = _REC.size + len(item.frame)
+        size = _record_size(item)
         limit = self.limits.disk_max_bytes
         if limit is not None and self._disk_bytes + size > limit:
             self._exhaust()
@@ -179,7 +199,7 @@ class OpQueue:
                     seg = self._disk[0]
                     item = seg.read_next()
                     if item is not None:
-                        self._disk_bytes -= _REC.size + len(item.frame)
+                        self._disk_bytes -= _record_size(item)
                         break
                     # Drained: drop it, so that new frames go to memory again once
                     # every older frame has left the disk (order is kept).

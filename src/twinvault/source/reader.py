@@ -23,6 +23,7 @@ from typing import Any
 import blake3
 
 from twinvault import fsmeta
+from twinvault.compression import ChunkCompressor
 from twinvault.protocol import messages as m
 from twinvault.source.changeset import Barrier, Dirty, Item
 from twinvault.source.chunker import SMALL_FILE, iter_pieces, might_be_sparse
@@ -62,6 +63,9 @@ class Reader:
         self._mark_again = mark_again
         self._inodes: dict[tuple[int, int], list[str]] = {}
         self.counters = ReadCounters()
+        # The job's transmission compression (None: chunks travel as they are); the job
+        # may swap it at any time, a file's chunks all use the one it started with.
+        self.compression: ChunkCompressor | None = None
         # Small files of the next batch, read ahead in parallel: a cold disk answers
         # several reads at once far faster than one after another.
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
@@ -300,7 +304,7 @@ class Reader:
         full = path in self.view.full_resend
         old_digests = old.digests if (old is not None and old.kind == "file" and not full) else b""
         base = blake3.blake3(old_digests).digest() if old_digests else b""
-        planner = _SegmentPlanner(old_digests, set() if full else self.view.known_chunks)
+        planner = _SegmentPlanner(old_digests, set() if full else self.view.known_chunks, self.compression)
         wpath = m.wire_path(path)
         size = meta.size
         if data is not None:
@@ -321,6 +325,7 @@ class Reader:
                 [wpath, size, base, segments, meta.to_wire()],
                 replication=replication,
                 payload=planner.take_payload(),
+                wire_payload=planner.take_wire_payload(),
             )
             return planner.digests()
         self.stream.emit(m.FBEGIN, [wpath, size, base], replication=replication)
@@ -332,13 +337,17 @@ class Reader:
             self.counters.bytes_read += len(piece)  # type: ignore[arg-type]
             if planner.pending_payload >= FRAME_PAYLOAD:
                 segments = planner.flush()
-                self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload())
+                self._emit_data(planner, segments, replication)
         segments = planner.flush()
         if segments:
-            self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload())
+            self._emit_data(planner, segments, replication)
         self._count(planner)
         self.stream.emit(m.FEND, [meta.to_wire()], replication=replication)
         return planner.digests()
+
+    def _emit_data(self, planner: _SegmentPlanner, segments: list[list[Any]], replication: bool) -> None:
+        self.stream.emit(m.FDATA, [segments], replication=replication, payload=planner.take_payload(),
+                         wire_payload=planner.take_wire_payload())  # fmt: skip
 
     def _count(self, planner: _SegmentPlanner) -> None:
         self.counters.bytes_new += planner.new_bytes
@@ -348,7 +357,11 @@ class Reader:
 class _SegmentPlanner:
     """Decides, chunk by chunk, whether a chunk travels as a run, a reference or data."""
 
-    def __init__(self, old_digests: bytes, known: set[bytes]) -> None:
+    def __init__(
+        self, old_digests: bytes, known: set[bytes], compressor: ChunkCompressor | None = None
+    ) -> None:
+        self._compressor = compressor
+        self._wire = 0  # payload bytes as they travel (compressed or not) since the last take
         self._old = old_digests
         self._old_index: dict[bytes, int] | None = None
         self._known = known
@@ -388,9 +401,15 @@ class _SegmentPlanner:
             self._segments.append([m.SEG_REF, digest, len(data)])
             self.reused_bytes += len(data)
             return
-        # The bytes go as they are (a view of the read window): msgpack copies them
-        # into the frame, the one copy they need.
-        self._segments.append([m.SEG_DATA, digest, data])
+        frame = self._compressor.compress(data) if self._compressor is not None else None
+        if frame is not None:
+            self._segments.append([m.SEG_ZDATA, digest, frame, len(data)])
+            self._wire += len(frame)
+        else:
+            # The bytes go as they are (a view of the read window): msgpack copies them
+            # into the frame, the one copy they need.
+            self._segments.append([m.SEG_DATA, digest, data])
+            self._wire += len(data)
         self._known.add(digest)
         self.pending_payload += len(data)
         self.new_bytes += len(data)
@@ -415,6 +434,10 @@ class _SegmentPlanner:
     def take_payload(self) -> int:
         payload, self._payload = self._payload, 0
         return payload
+
+    def take_wire_payload(self) -> int:
+        wire, self._wire = self._wire, 0
+        return wire
 
     def digests(self) -> bytes:
         return b"".join(self._digests)

@@ -2,7 +2,8 @@
 
 - store id: the plain BLAKE3 digest, or in an encrypted store `blake3(digest, key=id_key)`;
 - payload: zstd at the store's level unless that saves under ~3 % (then the raw bytes:
-  incompressible data is not worth a decompression on every read), then, in an encrypted
+  incompressible data is not worth a decompression on every read; the test is
+  `twinvault.compression`'s, shared with the link), then, in an encrypted
   store, `nonce (12) | AES-256-GCM(payload, AAD = store id)`;
 - objects (`save_object`): `TVOB`, u8 version, u8 flags, 2 zero bytes, then the payload
   compressed and sealed the same way with AAD = "object\\0" + name.
@@ -20,6 +21,7 @@ import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
 
+from twinvault.compression import ChunkCompressor, FrameInvalid, decompress_frame
 from twinvault.repository.chunkstore.keys import StoreKeys
 from twinvault.repository.chunkstore.pack import FLAG_COMPRESSED, FLAG_ENCRYPTED
 
@@ -38,25 +40,13 @@ def digest_of(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, max_threads=1).digest()
 
 
-PROBE_BYTES = 4096
-
-
-def worth_compressing(raw_len: int, compressed_len: int) -> bool:
-    return compressed_len <= raw_len - raw_len // 32
-
-
 class BlobCodec:
     def __init__(self, level: int, keys: StoreKeys | None) -> None:
         self.level = level
         self.keys = keys
         self.encrypted = keys is not None
+        self._chunks = ChunkCompressor(level)
         self._local = threading.local()
-
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        c: zstandard.ZstdCompressor | None = getattr(self._local, "c", None)
-        if c is None:
-            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
-        return c
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         d: zstandard.ZstdDecompressor | None = getattr(self._local, "d", None)
@@ -69,26 +59,12 @@ class BlobCodec:
             return digest
         return blake3.blake3(digest, key=self.keys.id_key).digest()
 
-    def _probe(self) -> zstandard.ZstdCompressor:
-        p: zstandard.ZstdCompressor | None = getattr(self._local, "p", None)
-        if p is None:
-            p = self._local.p = zstandard.ZstdCompressor(level=1)
-        return p
-
     def encode(self, store_id: bytes, data: bytes) -> tuple[int, bytes]:
         """(flags, payload) of a chunk given plain."""
-        if len(data) >= 4 * PROBE_BYTES:
-            # Already-compressed or random data (media, archives, encrypted files) is
-            # most of a large tree's bytes: a fast look at a sample from its middle saves
-            # a full compression that would be thrown away.
-            middle = len(data) // 2
-            sample = data[middle : middle + PROBE_BYTES]
-            if not worth_compressing(len(sample), len(self._probe().compress(sample))):
-                return self._seal(store_id, 0, data)
-        packed = self._compressor().compress(data)
-        if worth_compressing(len(data), len(packed)):
-            return self._seal(store_id, FLAG_COMPRESSED, packed)
-        return self._seal(store_id, 0, data)
+        frame = self._chunks.compress(data)
+        if frame is None:
+            return self._seal(store_id, 0, data)
+        return self._seal(store_id, FLAG_COMPRESSED, frame)
 
     def encode_frame(self, store_id: bytes, frame: bytes) -> tuple[int, bytes]:
         """(flags, payload) of a chunk that arrived as a zstd frame: kept as it is."""
@@ -101,28 +77,32 @@ class BlobCodec:
 
     def decode(self, store_id: bytes, flags: int, raw_len: int, payload: bytes | memoryview) -> bytes:
         """The plain chunk; raises BlobInvalid when it cannot be decrypted or decompressed."""
-        data: bytes | memoryview = payload
-        if flags & FLAG_ENCRYPTED:
-            if self.keys is None:
-                raise BlobInvalid("blob is encrypted but the store is not")
-            try:
-                data = self.keys.open(data, store_id)
-            except InvalidTag:
-                raise BlobInvalid("authentication failed (damaged or not this store's)") from None
-        elif self.keys is not None:
-            raise BlobInvalid("blob is not encrypted in an encrypted store")
+        data = self.unseal(store_id, flags, payload)
         if flags & FLAG_COMPRESSED:
-            data = self.decompress(data, raw_len)
+            return self.decompress(data, raw_len)
         if len(data) != raw_len:
             raise BlobInvalid(f"length {len(data)}, header says {raw_len}")
         return bytes(data)
 
+    def unseal(self, store_id: bytes, flags: int, payload: bytes | memoryview) -> bytes | memoryview:
+        """The payload decrypted (in an encrypted store), still compressed if it was:
+        a zstd frame then, which a sender may put on the wire as it is."""
+        if flags & FLAG_ENCRYPTED:
+            if self.keys is None:
+                raise BlobInvalid("blob is encrypted but the store is not")
+            try:
+                return self.keys.open(payload, store_id)
+            except InvalidTag:
+                raise BlobInvalid("authentication failed (damaged or not this store's)") from None
+        if self.keys is not None:
+            raise BlobInvalid("blob is not encrypted in an encrypted store")
+        return payload
+
     def decompress(self, frame: bytes | memoryview, raw_len: int) -> bytes:
         try:
-            out: bytes = self._decompressor().decompress(frame, max_output_size=max(raw_len, 1))
-        except zstandard.ZstdError as exc:
-            raise BlobInvalid(f"zstd: {exc}") from None
-        return out
+            return decompress_frame(frame, raw_len)
+        except FrameInvalid as exc:
+            raise BlobInvalid(str(exc)) from None
 
     def verify(self, store_id: bytes, flags: int, raw_len: int, payload: memoryview) -> bytes | None:
         """The plain digest of a blob if it decodes to data whose store id is `store_id`."""
@@ -147,8 +127,8 @@ class BlobCodec:
             raise BlobInvalid("trailer authentication failed") from None
 
     def encode_object(self, name: str, data: bytes) -> bytes:
-        packed = self._compressor().compress(data)
-        flags, payload = (FLAG_COMPRESSED, packed) if worth_compressing(len(data), len(packed)) else (0, data)
+        packed = self._chunks.compress(data)
+        flags, payload = (0, data) if packed is None else (FLAG_COMPRESSED, packed)
         if self.keys is not None:
             flags |= FLAG_ENCRYPTED
             payload = self.keys.seal(payload, _object_aad(name))

@@ -23,7 +23,12 @@ from twinvault.repository.chunkstore.backend import Backend, FileBackedBackend
 from twinvault.repository.chunkstore.codec import DIGEST_BYTES, BlobCodec, BlobInvalid, digest_of
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.layout import StateDir, pack_key
-from twinvault.repository.chunkstore.pack import BLOB_HEADER, BlobEntry, parse_blob_header
+from twinvault.repository.chunkstore.pack import (
+    BLOB_HEADER,
+    FLAG_COMPRESSED,
+    BlobEntry,
+    parse_blob_header,
+)
 from twinvault.repository.chunkstore.retry import RetryingBackend
 
 _RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
@@ -92,11 +97,22 @@ class BlobFetcher:
         for digest, data in self.get_views(digests):
             yield digest, bytes(data)  # no copy of what is bytes already
 
-    def get_views(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    def get_frames(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes, bytes | None]]:
+        """`get_many` with each chunk's stored zstd frame (None: stored uncompressed). The
+        chunk is decompressed and verified all the same: a frame is only handed out once
+        it is known to decode to its digest."""
+        frames: dict[bytes, bytes] = {}
+        for digest, plain in self.get_views(digests, frames):
+            yield digest, bytes(plain), frames.pop(digest, None)
+
+    def get_views(
+        self, digests: Sequence[bytes], frames: dict[bytes, bytes] | None = None
+    ) -> Iterator[tuple[bytes, bytes | memoryview]]:
         """`get_many`, but a blob stored as it is (neither compressed nor encrypted) comes
         as a view into the buffer its run was read into: no copy. A view keeps its run's
         buffer alive, so where the wanted blobs are less than half of a run (the rest is
-        gaps between them), they are copied out instead."""
+        gaps between them), they are copied out instead. With `frames`, the stored zstd
+        frame of each compressed chunk is put there (by digest) before it is yielded."""
         for pack, items in self._by_pack(digests).items():
             for run in _runs(items):
                 start, end = run[0][0].offset, run[-1][0].end
@@ -106,12 +122,12 @@ class BlobFetcher:
                         view = memoryview(self._read(pack, start, end - start))
                 except _PackGone:
                     for _, digest in run:
-                        yield digest, self.get(digest)
+                        yield digest, self.get(digest)  # moved meanwhile: sent plain
                     continue
                 dense = 2 * sum(entry.end - entry.offset for entry, _ in run) >= len(view)
                 for entry, digest in run:
                     blob = view[entry.offset - start : entry.end - start]
-                    plain = self._decode(digest, entry.store_id, pack, entry, blob)
+                    plain = self._decode(digest, entry.store_id, pack, entry, blob, frames)
                     yield digest, plain if dense else bytes(plain)
 
     def advise(self, digests: Sequence[bytes]) -> None:
@@ -203,27 +219,38 @@ class BlobFetcher:
         return data
 
     def _decode(
-        self, digest: bytes, store_id: bytes, pack: str, entry: BlobEntry, blob: bytes | memoryview
+        self,
+        digest: bytes,
+        store_id: bytes,
+        pack: str,
+        entry: BlobEntry,
+        blob: bytes | memoryview,
+        frames: dict[bytes, bytes] | None = None,
     ) -> bytes | memoryview:
         head = parse_blob_header(blob, 0)
         if head is None or head[1] != store_id or head[3] != entry.stored_len:
             raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: blob header damaged (pack {pack})")
         payload = memoryview(blob)[BLOB_HEADER.size :]
+        frame: bytes | memoryview | None = None
         if head[0] == 0 and self._codec.keys is None and len(payload) == head[2]:
             plain: bytes | memoryview = payload  # stored as it is: the payload is the chunk
         else:
-            plain = self._decode_payload(digest, store_id, pack, head[0], head[2], payload)
+            try:
+                unsealed = self._codec.unseal(store_id, head[0], payload)
+                if head[0] & FLAG_COMPRESSED:
+                    frame = unsealed
+                    plain = self._codec.decompress(unsealed, head[2])
+                elif len(unsealed) == head[2]:
+                    plain = unsealed
+                else:
+                    raise BlobInvalid(f"length {len(unsealed)}, header says {head[2]}")
+            except BlobInvalid as exc:
+                raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: {exc} (pack {pack})") from None
         if digest_of(plain) != digest:
             raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: content hash mismatch (pack {pack})")
+        if frames is not None and frame is not None:
+            frames[digest] = bytes(frame)
         return plain
-
-    def _decode_payload(
-        self, digest: bytes, store_id: bytes, pack: str, flags: int, raw_len: int, payload: memoryview
-    ) -> bytes:
-        try:
-            return self._codec.decode(store_id, flags, raw_len, payload)
-        except BlobInvalid as exc:
-            raise TwinvaultError(errors.CHUNK_CORRUPT, f"{digest.hex()}: {exc} (pack {pack})") from None
 
 
 def _runs(items: list[tuple[BlobEntry, bytes]]) -> Iterator[list[tuple[BlobEntry, bytes]]]:

@@ -233,15 +233,22 @@ class ChunkStore:
         flags, payload = self.codec.encode(store_id, data)
         return self._append(store_id, digest, len(data), flags, payload)
 
-    def put_compressed(self, digest: bytes, raw_length: int, frame: bytes) -> bool:
-        """Store a chunk that arrived as a zstd frame, as it is (checked, never recompressed)."""
+    def put_compressed(
+        self, digest: bytes, raw_length: int, frame: bytes, plain: bytes | None = None
+    ) -> bool:
+        """Store a chunk that arrived as a zstd frame, as it is (checked, never recompressed).
+
+        `plain`: what the caller got by decompressing this very frame (the applier needs
+        the bytes anyway), saving a second decompression; it is hashed all the same, so
+        the stored frame is known to decode to the chunk whose digest it is filed under."""
         store_id = self.codec.store_id(checked_digest(digest))
         if self._dedup_hit(store_id):
             return False
-        try:
-            plain = self.codec.decompress(frame, raw_length)
-        except BlobInvalid as exc:
-            raise TwinvaultError(errors.CHUNK_CORRUPT, f"put_compressed {digest.hex()}: {exc}") from exc
+        if plain is None:
+            try:
+                plain = self.codec.decompress(frame, raw_length)
+            except BlobInvalid as exc:
+                raise TwinvaultError(errors.CHUNK_CORRUPT, f"put_compressed {digest.hex()}: {exc}") from exc
         if len(plain) != raw_length or digest_of(plain) != digest:
             raise TwinvaultError(errors.CHUNK_CORRUPT, f"put_compressed: frame does not hold {digest.hex()}")
         flags, payload = self.codec.encode_frame(store_id, frame)
@@ -283,6 +290,11 @@ class ChunkStore:
         Raises CHUNK_MISSING before yielding anything if a digest is unknown.
         """
         return self._fetch.get_many(digests)
+
+    def get_frames(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes, bytes | None]]:
+        """`get_many` with, for a chunk stored compressed, its zstd frame as stored
+        (decrypted): a sender puts that on the wire instead of compressing the chunk again."""
+        return self._fetch.get_frames(digests)
 
     def get_views(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | memoryview]]:
         """`get_many` without copying chunks stored as they are out of the buffer they were
