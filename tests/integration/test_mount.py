@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.history import frozen_copy, now_iso, points, settle
+from tests.helpers.history import frozen_copy, now_iso, points, restore, settle
 from tests.helpers.hosts import Console, TestHost, running_hosts, wait_for
 from tests.helpers.protection import in_image, protect
 from tests.helpers.tree import assert_trees_equal, make_rich_tree
@@ -250,3 +250,46 @@ def test_a_mount_reads_a_store_that_is_still_being_written(two_hosts: Hosts, tmp
     settle(console, alpha, job, src, image)
     assert_trees_equal(str(frozen), str(in_image(at, src)))
     umount(console, beta, at)
+
+
+def test_a_mounted_instant_is_held_against_prune_until_its_mount_ends(
+    two_hosts: Hosts, tmp_path: Path
+) -> None:
+    """`repo prune` with a zero window while an old instant is mounted: every file still
+    reads exactly as it was; once the mounts end (umount, a killed mount process), the
+    next prune removes what they held."""
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src" / "data"
+    make_rich_tree(str(src), seed=31)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    job, image = protect(console, alpha, beta, src)  # --cdp-days 0: only live is kept
+    t1 = settle(console, alpha, job, src, image)
+    state1 = frozen_copy(src, tmp_path / "state1")
+    by_umount, by_kill = tmp_path / "m-umount", tmp_path / "m-kill"
+    mount(console, beta, alpha.name, by_umount, "--at", t1)
+    killed = mount(console, beta, alpha.name, by_kill, "--at", t1)["pid"]
+    change_everything(src)
+    for _ in range(3):  # t1's big file dead for live data: the prune would collect its chunks
+        (src / "big.bin").write_bytes(os.urandom(3 << 20))
+        settle(console, alpha, job, src, image)
+
+    held = console.json("repo", "prune", "--repository", beta.api)
+    # Nothing was read through the mounts before the prune (no page of theirs is cached).
+    assert_trees_equal(str(state1), str(in_image(by_umount, src)))
+    assert_trees_equal(str(state1), str(in_image(by_kill, src)))
+    assert console.json("repo", "check", "--repository", beta.api, "--read-data")["ok"]
+
+    umount(console, beta, by_umount)
+    still = console.json("repo", "prune", "--repository", beta.api)
+    assert_trees_equal(str(state1), str(in_image(by_kill, src)))  # the other mount holds t1
+    os.killpg(killed, signal.SIGKILL)
+    wait_for(lambda: mounts(console, beta) == [], 20, what="the killed mount to be forgotten")
+    released = console.json("repo", "prune", "--repository", beta.api)
+    assert released["versions"] > held["versions"] + still["versions"]
+    assert released["chunks"] >= 3 * 40  # t1's big file: 3 MiB of chunks, 64 KiB on average
+    at = tmp_path / "m-after"
+    at.mkdir()
+    refused = console.refused("mount", "--repository", beta.api, "--image", alpha.name, "--at", t1, str(at))
+    assert refused == -1027  # t1 is gone with what held it
+    restore(console, beta, alpha.name, tmp_path / "r-live", "--live")
+    assert_trees_equal(str(src), str(in_image(tmp_path / "r-live", src)))
