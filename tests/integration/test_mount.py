@@ -4,6 +4,7 @@ FUSE mounts on the repository host, compared with frozen copies of the source.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -293,3 +294,39 @@ def test_a_mounted_instant_is_held_against_prune_until_its_mount_ends(
     assert refused == -1027  # t1 is gone with what held it
     restore(console, beta, alpha.name, tmp_path / "r-live", "--live")
     assert_trees_equal(str(src), str(in_image(tmp_path / "r-live", src)))
+
+
+def test_a_chunk_damaged_in_its_pack_fails_reads_of_its_file_with_eio(
+    two_hosts: Hosts, tmp_path: Path
+) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(300_000 + i) for i in range(6)}  # several chunks each
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    job, image = protect(console, alpha, beta, src)
+    settle(console, alpha, job, src, image)
+    beta.stop()  # every pack sealed and closed
+    victim = files["f3.bin"]
+    damaged = 0
+    for pack in (p for p in (beta.home / "repository" / "store").rglob("*") if p.is_file()):
+        raw = bytearray(pack.read_bytes())
+        at = raw.find(victim[100_000:100_064])  # the middle of one of f3's chunks
+        if at >= 0:
+            raw[at] ^= 0x01
+            pack.write_bytes(raw)
+            damaged += 1
+    assert damaged == 1
+    beta.start(console)
+    at = tmp_path / "m"
+    mount(console, beta, alpha.name, at, "--live")
+    with pytest.raises(OSError) as exc:
+        (in_image(at, src) / "f3.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
+    for name, data in files.items():
+        if name != "f3.bin":
+            assert (in_image(at, src) / name).read_bytes() == data
+    logs = "".join(p.read_text() for p in (beta.home / "repository" / "mounts").glob("*.log"))
+    assert "f3.bin" in logs and "hash mismatch" in logs
+    umount(console, beta, at)
