@@ -3,7 +3,7 @@ cached, sequential readers served ahead.
 
 A mounted file is never materialised. `OpenFile` maps ``read(offset, size)`` to the pieces
 of its chunk list that cover it (holes read as zeros, no chunk); `ChunkCache` fetches the
-chunks it lacks from the store in batches (one ``get_views`` per batch: neighbours in a
+chunks it lacks from the store in batches (one ``get_spans`` per batch: neighbours in a
 pack are one read) on a small pool of threads, and keeps decoded chunks in an LRU bounded
 in bytes, shared by every open file of the mount. A file read sequentially gets its next
 pieces requested before they are asked for, the window doubling from `AHEAD_FIRST` to
@@ -132,7 +132,7 @@ class ChunkCache:
 
     def _load(self, digests: list[bytes]) -> None:
         """Fetch a batch; if the store fails it (one missing or damaged chunk fails a whole
-        `get_views`), fetch what is left one by one so only the bad chunks fail."""
+        `get_spans`), fetch what is left one by one so only the bad chunks fail."""
         try:
             try:
                 self._keep(self._source.get_spans(digests))

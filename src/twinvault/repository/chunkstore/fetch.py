@@ -10,6 +10,7 @@ always finds it, and a blob that a collection moved meanwhile is located once mo
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import defaultdict
@@ -28,6 +29,7 @@ from twinvault.repository.chunkstore.retry import RetryingBackend
 
 _RUN_GAP: Final = 256 << 10  # get_many reads neighbours closer than this in one range
 _RUN_MAX: Final = 8 << 20  # ... up to this many bytes per read
+_MAP_AT_LEAST: Final = 1 << 20  # get_views maps runs this long when their pack is a local file
 _BUFFER_GRAIN: Final = 1 << 20  # segment buffers are made in multiples of this
 _BUFFERS_KEPT: Final = 64 << 20  # free segment buffers kept for reuse, at most
 
@@ -151,40 +153,44 @@ class BlobFetcher:
 
     def get_views(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | memoryview]]:
         """`get_many`, but a blob stored as it is (neither compressed nor encrypted) comes
-        as a view into the buffer its run was read into: no copy."""
-        for digest, span in self.get_spans(digests):
-            yield digest, span.data
+        as a view into the buffer its run was read into (or the mapping of a run of at
+        least 1 MiB of a pack that is a local file): no copy."""
+        for pack, items in self._by_pack(digests).items():
+            for run in _runs(items):
+                for digest, span in self._run_or_each(pack, run, mapped=True):
+                    yield digest, span.data
 
     def get_spans(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, Span]]:
-        """`get_views`, with where each chunk lies (`Span`). A run of a pack that is a
-        local file is read with one ``preadv``: blob headers into a small buffer, payloads
-        of blobs stored as they are back to back into one segment (verified there, never
-        copied again), the others into their own buffers to be decoded."""
+        """`get_views` for a reader that passes neighbouring chunks on together (a mount):
+        with where each chunk lies (`Span`). The blobs of a pack that is a local file are
+        read blob by blob into one segment (`_local_run`); others as `get_views` does."""
         for pack, items in self._by_pack(digests).items():
             local = self._local_run(pack, items)  # one segment per pack: no run to split
             if local is not None:
                 yield from local
                 continue
             for run in _runs(items):
-                try:
-                    spans = self._fetched_run(pack, run)
-                except _PackGone:
-                    for _, digest in run:
-                        yield digest, Span(self.get(digest), None, 0)
-                    continue
-                yield from spans
+                yield from self._run_or_each(pack, run, mapped=False)
 
-    def _fetched_run(self, pack: str, run: list[tuple[BlobEntry, bytes]]) -> list[tuple[bytes, Span]]:
-        """A run read from wherever its pack is (a remote backend), decoded in place."""
+    def _run_or_each(
+        self, pack: str, run: list[tuple[BlobEntry, bytes]], *, mapped: bool
+    ) -> list[tuple[bytes, Span]]:
+        """A run read at once and decoded in place; blob by blob (`get`) if its pack has
+        moved meanwhile."""
         start, end = run[0][0].offset, run[-1][0].end
-        view = memoryview(self._read(pack, start, end - start))
+        try:
+            view = self._map(pack, start, end - start) if mapped and end - start >= _MAP_AT_LEAST else None
+            if view is None:  # each blob decoded in place, not copied out first
+                view = memoryview(self._read(pack, start, end - start))
+        except _PackGone:
+            return [(digest, Span(self.get(digest), None, 0)) for _, digest in run]
+        # A view keeps its run's buffer alive: where the wanted blobs are less than half of
+        # it (the rest is gaps between them), they are copied out instead.
         dense = 2 * sum(entry.end - entry.offset for entry, _ in run) >= len(view)
         out = []
         for entry, digest in run:
             blob = view[entry.offset - start : entry.end - start]
             plain = self._decode(digest, entry.store_id, pack, entry, blob)
-            # A view keeps the whole run's buffer alive: where the wanted blobs are less
-            # than half of it (the rest is gaps), they are copied out instead.
             out.append((digest, Span(plain if dense else bytes(plain), None, 0)))
         return out
 
@@ -248,6 +254,29 @@ class BlobFetcher:
         for items in by_pack.values():
             items.sort(key=lambda item: item[0].offset)
         return by_pack
+
+    def _map(self, pack: str, offset: int, length: int) -> memoryview | None:
+        """`length` bytes of a pack that is a local file, mapped (None: it is not local).
+
+        Mapping saves the copy a read makes. A pack file is never cut short under a
+        mapping of committed blobs: packs are immutable once sealed, and recovery only cuts
+        an open pack's tail past its last committed blob; removal (GC) leaves a mapping
+        valid."""
+        fd = self._open_local(pack)
+        if fd is None:
+            return None
+        try:
+            if os.fstat(fd).st_size < offset + length:
+                raise TwinvaultError(
+                    errors.CHUNK_MISSING, f"pack {pack} ends before {offset + length} (truncated)"
+                )
+            base = offset - offset % mmap.ALLOCATIONGRANULARITY
+            # MAP_POPULATE: the pages are read in one go, not faulted in 4 KiB at a time.
+            flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+            mapped = mmap.mmap(fd, offset + length - base, flags, mmap.PROT_READ, offset=base)
+        finally:
+            os.close(fd)
+        return memoryview(mapped)[offset - base :]
 
     def _open_local(self, pack: str) -> int | None:
         """A descriptor of the pack's file where it is a local one now (open, sealed, or a
