@@ -4,6 +4,7 @@ FUSE mounts on the repository host, compared with frozen copies of the source.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.history import frozen_copy, now_iso, points, settle
+from tests.helpers.history import frozen_copy, now_iso, points, restore, settle
 from tests.helpers.hosts import Console, TestHost, running_hosts, wait_for
 from tests.helpers.protection import in_image, protect
 from tests.helpers.tree import assert_trees_equal, make_rich_tree
@@ -249,4 +250,85 @@ def test_a_mount_reads_a_store_that_is_still_being_written(two_hosts: Hosts, tmp
     (src / "late.txt").write_text("late")
     settle(console, alpha, job, src, image)
     assert_trees_equal(str(frozen), str(in_image(at, src)))
+    umount(console, beta, at)
+
+
+def test_a_mounted_instant_is_held_against_prune_until_its_mount_ends(
+    two_hosts: Hosts, tmp_path: Path
+) -> None:
+    """`repo prune` with a zero window while an old instant is mounted: every file still
+    reads exactly as it was; once the mounts end (umount, a killed mount process), the
+    next prune removes what they held."""
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src" / "data"
+    make_rich_tree(str(src), seed=31)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    job, image = protect(console, alpha, beta, src)  # --cdp-days 0: only live is kept
+    t1 = settle(console, alpha, job, src, image)
+    state1 = frozen_copy(src, tmp_path / "state1")
+    by_umount, by_kill = tmp_path / "m-umount", tmp_path / "m-kill"
+    mount(console, beta, alpha.name, by_umount, "--at", t1)
+    killed = mount(console, beta, alpha.name, by_kill, "--at", t1)["pid"]
+    change_everything(src)
+    for _ in range(3):  # t1's big file dead for live data: the prune would collect its chunks
+        (src / "big.bin").write_bytes(os.urandom(3 << 20))
+        settle(console, alpha, job, src, image)
+
+    held = console.json("repo", "prune", "--repository", beta.api)
+    # Nothing was read through the mounts before the prune (no page of theirs is cached).
+    assert_trees_equal(str(state1), str(in_image(by_umount, src)))
+    assert_trees_equal(str(state1), str(in_image(by_kill, src)))
+    assert console.json("repo", "check", "--repository", beta.api, "--read-data")["ok"]
+
+    umount(console, beta, by_umount)
+    still = console.json("repo", "prune", "--repository", beta.api)
+    assert_trees_equal(str(state1), str(in_image(by_kill, src)))  # the other mount holds t1
+    os.killpg(killed, signal.SIGKILL)
+    wait_for(lambda: mounts(console, beta) == [], 20, what="the killed mount to be forgotten")
+    released = console.json("repo", "prune", "--repository", beta.api)
+    assert released["versions"] > held["versions"] + still["versions"]
+    # Three dead versions of big.bin (random: stored as it is), t1's among them, go now.
+    assert held["bytes"] < 3 << 20 and still["bytes"] < 3 << 20
+    assert released["bytes"] >= 3 * (3 << 20)
+    at = tmp_path / "m-after"
+    at.mkdir()
+    refused = console.refused("mount", "--repository", beta.api, "--image", alpha.name, "--at", t1, str(at))
+    assert refused == -1027  # t1 is gone with what held it
+    restore(console, beta, alpha.name, tmp_path / "r-live", "--live")
+    assert_trees_equal(str(src), str(in_image(tmp_path / "r-live", src)))
+
+
+def test_a_chunk_damaged_in_its_pack_fails_reads_of_its_file_with_eio(
+    two_hosts: Hosts, tmp_path: Path
+) -> None:
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {f"f{i}.bin": os.urandom(300_000 + i) for i in range(6)}  # several chunks each
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    job, image = protect(console, alpha, beta, src)
+    settle(console, alpha, job, src, image)
+    beta.stop()  # every pack sealed and closed
+    victim = files["f3.bin"]
+    damaged = 0
+    for pack in (p for p in (beta.home / "repository" / "store").rglob("*") if p.is_file()):
+        raw = bytearray(pack.read_bytes())
+        at = raw.find(victim[100_000:100_064])  # the middle of one of f3's chunks
+        if at >= 0:
+            raw[at] ^= 0x01
+            pack.write_bytes(raw)
+            damaged += 1
+    assert damaged == 1
+    beta.start(console)
+    at = tmp_path / "m"
+    mount(console, beta, alpha.name, at, "--live")
+    with pytest.raises(OSError) as exc:
+        (in_image(at, src) / "f3.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
+    for name, data in files.items():
+        if name != "f3.bin":
+            assert (in_image(at, src) / name).read_bytes() == data
+    logs = "".join(p.read_text() for p in (beta.home / "repository" / "mounts").glob("*.log"))
+    assert "f3.bin" in logs and "hash mismatch" in logs
     umount(console, beta, at)

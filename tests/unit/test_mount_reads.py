@@ -19,6 +19,9 @@ from twinvault.pit.chunk_cache import AHEAD_MAX, ChunkCache, OpenFile
 from twinvault.pit.instant_tree import ROOT_INODE, InstantTree
 from twinvault.repository.catalog import Catalog, open_catalog
 from twinvault.repository.chunklist import HOLE_DIGEST, Piece, pack_chunks
+from twinvault.repository.chunkstore import ChunkStore
+from twinvault.repository.chunkstore.fetch import Span, _Buffers
+from twinvault.repository.chunkstore.local import LocalBackend
 from twinvault.repository.history import pack_meta
 
 IMG = "alpha"
@@ -33,13 +36,13 @@ class CountingSource:
         self.asked: list[bytes] = []
         self.lock = threading.Lock()
 
-    def get_views(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    def get_spans(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, Span]]:
         with self.lock:
             self.asked.extend(digests)
         if self.bad & set(digests):
             raise TwinvaultError(errors.CHUNK_CORRUPT, "a bad chunk in the batch")
         for d in digests:
-            yield d, self.chunks[d]
+            yield d, Span(self.chunks[d], None, 0)
 
     def advise(self, digests: Sequence[bytes]) -> None:
         pass
@@ -209,3 +212,80 @@ def test_without_a_fuse_device_a_mount_is_refused_naming_it(tmp_path: Path) -> N
     assert exc.value.code == errors.FUSE_UNAVAILABLE
     assert str(tmp_path / "no-fuse") in exc.value.message and "fuse3" in exc.value.message
     assert check_fuse().endswith("fusermount3")  # this machine has FUSE
+
+
+# --- reads from a real store: segments, buffers, damage ----------------------------------
+
+
+def store_file(tmp_path: Path, size: int) -> tuple[Path, LocalBackend, list[Piece], bytes]:
+    """A file of random chunks (16-112 KiB, stored as they are) in a real store."""
+    state, backend = tmp_path / "state", LocalBackend(tmp_path / "backend")
+    owner = ChunkStore.create(state, backend)
+    rng = random.Random(size)
+    pieces, whole = [], []
+    while sum(p.length for p in pieces) < size:
+        data = rng.randbytes(rng.randint(16 << 10, 112 << 10))
+        digest = blake3.blake3(data).digest()
+        owner.put(digest, data)
+        pieces.append(Piece(digest, len(data)))
+        whole.append(data)
+    owner.commit()
+    owner.close()
+    return state, backend, pieces, b"".join(whole)
+
+
+def test_a_read_inside_one_segment_is_a_slice_of_it_and_stays_valid_after_eviction(tmp_path: Path) -> None:
+    state, backend, pieces, whole = store_file(tmp_path, 48 << 20)
+    with ChunkStore.open_reader(state, backend) as reader:
+        # A cache of 16 MiB: chunks leave it, and their buffers are reused, during the pass.
+        cache = ChunkCache(reader, capacity=16 << 20)
+        file = OpenFile(b"/f", pieces, cache.ahead_max)
+        replies = [read(file, cache, offset, 1 << 20) for offset in range(0, len(whole), 1 << 20)]
+        # Every reply held until the end is still exactly its bytes (no buffer was reused
+        # under a view), and most were answered as one slice of a segment, not joined.
+        assert b"".join(replies) == whole
+        assert sum(isinstance(r, memoryview) for r in replies) >= len(replies) // 2
+        assert all(r.readonly for r in replies if isinstance(r, memoryview))
+        del replies
+        again = OpenFile(b"/f", pieces, cache.ahead_max)
+        assert read(again, cache, 5 << 20, 3 << 20) == whole[5 << 20 : 8 << 20]
+        cache.close()
+
+
+def test_a_chunk_damaged_on_disk_fails_the_reads_that_need_it(tmp_path: Path) -> None:
+    state, backend, pieces, whole = store_file(tmp_path, 3 << 20)
+    bad = 7
+    bad_start = sum(p.length for p in pieces[:bad])
+    wanted = whole[bad_start : bad_start + pieces[bad].length]
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and wanted in p.read_bytes()]
+    assert len(holding) == 1, holding
+    raw = bytearray(holding[0].read_bytes())
+    raw[raw.find(wanted) + 1000] ^= 0xFF  # one byte flipped in the chunk's payload
+    holding[0].write_bytes(raw)
+    with ChunkStore.open_reader(state, backend) as reader:
+        cache = ChunkCache(reader)
+        file = OpenFile(b"/f", pieces, cache.ahead_max)
+        with pytest.raises(TwinvaultError) as exc:
+            read(file, cache, 0, len(whole))  # the whole file: one batch, one segment
+        assert exc.value.code == errors.CHUNK_CORRUPT
+        assert read(file, cache, 0, bad_start) == whole[:bad_start]
+        after = bad_start + pieces[bad].length
+        assert read(file, cache, after, len(whole)) == whole[after:]
+        with pytest.raises(TwinvaultError):
+            read(file, cache, bad_start + 5, 10)
+        cache.close()
+
+
+def test_a_segment_buffer_is_reused_only_when_no_view_of_it_is_left() -> None:
+    buffers = _Buffers()
+    first = buffers.take(1000)
+    part = first[10:20]
+    del first
+    second = buffers.take(1000)
+    assert second.obj is not part.obj  # a slice of the first is alive
+    del part
+    third = buffers.take(900)
+    assert third.obj is not second.obj and len(third) == 900
+    reused = third.obj
+    del third
+    assert buffers.take(1000).obj is reused

@@ -21,6 +21,11 @@ mount points.
 the next instant is taken under the history lock, so every record before it is in the
 catalog and none after it is shown. A mount never changes under its readers; mount again
 to see later data.
+
+While a mount lives, its instant is held against retention (`History.hold`): ``repo
+prune`` stops its image's horizon at that instant, so neither the versions a mount
+serves nor their chunks go while it is mounted. The hold ends with the mount (umount,
+the child's death, the daemon's stop; a daemon restart ends every mount).
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ class MountService:
         self._spare: tuple[str, asyncio.subprocess.Process] | None = None
         self._stopping = False
         self._ready_notes: dict[str, str] = {}  # what each child said it spent, for the log
+        self._holds: dict[str, int] = {}  # mount id -> its instant's hold against retention
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -174,13 +180,18 @@ class MountService:
     ) -> dict[str, Any]:
         started = time.monotonic()
         await asyncio.to_thread(check_fuse)
-        t = await self._instant(image, live=live, snapshot=snapshot, at=at)
+        t, hold = await self._instant(image, live=live, snapshot=snapshot, at=at)
         point = "live" if live else f"snapshot {snapshot}" if snapshot is not None else str(at)
-        async with self._lock:
-            real = await asyncio.to_thread(check_mountpoint, mountpoint)
-            checked = time.monotonic()
-            record = await self._start_child(image, point, t, real)
-            self._records[real] = record
+        try:
+            async with self._lock:
+                real = await asyncio.to_thread(check_mountpoint, mountpoint)
+                checked = time.monotonic()
+                record = await self._start_child(image, point, t, real)
+                self._records[real] = record
+                self._holds[record.id] = hold
+        except BaseException:
+            await self._release(hold)
+            raise
         log.info(
             "mounted %s at %s (%s) in process %d: checks %.3f s, mount process %.3f s (%s)",
             image,
@@ -205,25 +216,46 @@ class MountService:
 
     # -- the instant ---------------------------------------------------------------------
 
-    async def _instant(self, image: str, *, live: bool, snapshot: int | None, at: str | None) -> int:
+    async def _instant(
+        self, image: str, *, live: bool, snapshot: int | None, at: str | None
+    ) -> tuple[int, int]:
+        """The instant to serve and its hold against retention (`History.hold`), taken
+        before the point is checked the last time, so a prune running meanwhile either
+        sees the hold or has its records committed before the check."""
         from twinvault.pit.restore import resolve_point
 
         history = await asyncio.to_thread(self._history.history)
         url = self._home.catalog_url(self._config)
 
-        def resolve() -> int:
+        def resolve() -> int | None:
             catalog = open_catalog(url)  # its own connection, as restore's
             try:
-                t = resolve_point(catalog, image, live=live, snapshot=snapshot, at=at)
+                return resolve_point(catalog, image, live=live, snapshot=snapshot, at=at)
             finally:
                 catalog.close()
-            if t is not None:
-                return t
-            with history.lock:  # live: freeze it (see the module's docstring)
-                history.commit()
-                return history.now()
 
-        return await asyncio.to_thread(resolve)
+        def held() -> tuple[int, int]:
+            t = resolve()
+            if t is None:
+                with history.lock:  # live: freeze it (see the module's docstring)
+                    history.commit()
+                    t = history.now()
+                    return t, history.hold(image, t)
+            hold = history.hold(image, t)
+            try:
+                history.commit()  # a prune recorded before the hold is in the catalog now
+                resolve()  # ... and the point must still be valid after it
+            except BaseException:
+                history.release(hold)
+                raise
+            return t, hold
+
+        return await asyncio.to_thread(held)
+
+    async def _release(self, hold: int) -> None:
+        history = self._history.opened  # a hold was taken: it is open (it may be closing)
+        if history is not None:
+            await asyncio.to_thread(history.release, hold)  # a collection may hold its lock
 
     # -- children ------------------------------------------------------------------------
 
@@ -325,6 +357,9 @@ class MountService:
         await asyncio.to_thread(_unmount, record.mountpoint)
         self._records.pop(record.mountpoint, None)
         self._children.pop(record.id, None)
+        hold = self._holds.pop(record.id, None)
+        if hold is not None:
+            await self._release(hold)
         (self._dir / f"{record.id}.json").unlink(missing_ok=True)
         (self._dir / f"{record.id}.log").unlink(missing_ok=True)
 

@@ -3,7 +3,7 @@ cached, sequential readers served ahead.
 
 A mounted file is never materialised. `OpenFile` maps ``read(offset, size)`` to the pieces
 of its chunk list that cover it (holes read as zeros, no chunk); `ChunkCache` fetches the
-chunks it lacks from the store in batches (one ``get_views`` per batch: neighbours in a
+chunks it lacks from the store in batches (one ``get_spans`` per batch: neighbours in a
 pack are one read) on a small pool of threads, and keeps decoded chunks in an LRU bounded
 in bytes, shared by every open file of the mount. A file read sequentially gets its next
 pieces requested before they are asked for, the window doubling from `AHEAD_FIRST` to
@@ -22,13 +22,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, Protocol
 
 from twinvault.repository.chunklist import HOLE_DIGEST, Piece
+from twinvault.repository.chunkstore.fetch import Span
 
 log = logging.getLogger(__name__)
 
 CACHE_BYTES: Final = 96 << 20  # decoded chunks kept (64 KiB each on average)
 AHEAD_FIRST: Final = 1 << 20  # read-ahead after the first sequential read ...
 AHEAD_MAX: Final = 16 << 20  # ... doubling up to this while reads stay sequential
-BATCH_BYTES: Final = 4 << 20  # chunks per store request: one run read (or mapped) at once
+BATCH_BYTES: Final = 16 << 20  # chunks per store request: one segment (`Span`) per pack
 # Fetch threads: one maps a run (its pages come from disk) while the other hashes its
 # own (BLAKE3 and the map release the GIL); on the 2-core test machines four read no
 # faster than two and cost a third more CPU in hand-offs.
@@ -42,7 +43,7 @@ _QUEUED.set_result(None)
 class ChunkSource(Protocol):
     """Where chunks come from: `ChunkStore` or `StoreReader`."""
 
-    def get_views(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, bytes | memoryview]]: ...
+    def get_spans(self, digests: Sequence[bytes]) -> Iterable[tuple[bytes, Span]]: ...
 
     def advise(self, digests: Sequence[bytes]) -> None: ...
 
@@ -62,9 +63,9 @@ class ChunkCache:
         self._capacity = capacity
         # A reader's read-ahead must not push out what it is about to read.
         self.ahead_max = min(AHEAD_MAX, capacity // 4)
-        self._batch_bytes = batch_bytes
+        self._batch_bytes = min(batch_bytes, max(capacity // 4, 1))  # a batch never evicts itself
         self._lock = threading.Lock()
-        self._chunks: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
+        self._chunks: OrderedDict[bytes, Span] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[bytes, Future[None]] = {}
         # Chunks whose last fetch failed, and why: a read that needs one fails with it;
@@ -72,13 +73,13 @@ class ChunkCache:
         self._failed: dict[bytes, Exception] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-fetch")
 
-    def cached(self, digest: bytes) -> bytes | memoryview | None:
+    def cached(self, digest: bytes) -> Span | None:
         """The chunk if it is cached; raises what its last fetch failed with, if it did."""
         with self._lock:
-            data = self._chunks.get(digest)
-            if data is not None:
+            span = self._chunks.get(digest)
+            if span is not None:
                 self._chunks.move_to_end(digest)
-                return data
+                return span
             failure = self._failed.get(digest)
         if failure is not None:
             raise failure
@@ -131,18 +132,16 @@ class ChunkCache:
 
     def _load(self, digests: list[bytes]) -> None:
         """Fetch a batch; if the store fails it (one missing or damaged chunk fails a whole
-        `get_views`), fetch what is left one by one so only the bad chunks fail."""
+        `get_spans`), fetch what is left one by one so only the bad chunks fail."""
         try:
             try:
-                for digest, data in self._source.get_views(digests):
-                    self._keep(digest, data)
+                self._keep(self._source.get_spans(digests))
             except Exception:
                 for digest in digests:
                     if self.cached(digest) is not None:
                         continue
                     try:
-                        for _, data in self._source.get_views([digest]):
-                            self._keep(digest, data)
+                        self._keep(self._source.get_spans([digest]))
                     except Exception as exc:
                         with self._lock:
                             self._failed[digest] = exc
@@ -151,15 +150,17 @@ class ChunkCache:
                 for digest in digests:
                     self._inflight.pop(digest, None)
 
-    def _keep(self, digest: bytes, data: bytes | memoryview) -> None:
+    def _keep(self, spans: Iterable[tuple[bytes, Span]]) -> None:
+        got = list(spans)  # fetched (and verified) before the lock is taken
         with self._lock:
-            if digest in self._chunks:
-                return
-            self._chunks[digest] = data
-            self._bytes += len(data)
+            for digest, span in got:
+                if digest in self._chunks:
+                    continue
+                self._chunks[digest] = span
+                self._bytes += len(span.data)
             while self._bytes > self._capacity and len(self._chunks) > 1:
                 _, old = self._chunks.popitem(last=False)
-                self._bytes -= len(old)
+                self._bytes -= len(old.data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -218,23 +219,44 @@ class OpenFile:
         self._ahead = until
         return needed, self.pieces[start:until]
 
-    def assemble(self, offset: int, size: int, cache: ChunkCache) -> bytes | None:
+    def assemble(self, offset: int, size: int, cache: ChunkCache) -> bytes | memoryview | None:
         """The bytes of [offset, offset + size) cut to the file's end; None if a piece
         is not cached (evicted meanwhile: request it again). Raises what the fetch of a
-        needed chunk failed with."""
+        needed chunk failed with.
+
+        Neighbouring chunks read into one segment (`Span`) are one slice of it: a read
+        that lies in one segment is answered without a copy; one across segments, holes
+        or decoded chunks is joined (one copy)."""
         first, last = self.span(offset, size)
         end = min(offset + size, self.size)
         parts: list[bytes | memoryview] = []
+        segment: memoryview | None = None  # the segment of the slice being extended ...
+        seg_lo = seg_hi = 0  # ... and its bounds in it
         for index in range(first, last):
             piece, start = self.pieces[index], self.starts[index]
             lo, hi = max(offset, start) - start, min(end, start + piece.length) - start
             if piece.digest == HOLE_DIGEST:
-                parts.append(bytes(hi - lo))
-                continue
-            data = cache.cached(piece.digest)
-            if data is None:
-                return None
-            parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
-        if len(parts) == 1 and isinstance(parts[0], bytes):
+                part: bytes | memoryview = bytes(hi - lo)
+            else:
+                found = cache.cached(piece.digest)
+                if found is None:
+                    return None
+                if found.segment is not None:
+                    if found.segment is segment and found.start + lo == seg_hi:
+                        seg_hi = found.start + hi  # the next bytes of the same segment
+                        continue
+                    if segment is not None:
+                        parts.append(segment[seg_lo:seg_hi])
+                    segment, seg_lo, seg_hi = found.segment, found.start + lo, found.start + hi
+                    continue
+                data = found.data
+                part = data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]
+            if segment is not None:
+                parts.append(segment[seg_lo:seg_hi])
+                segment = None
+            parts.append(part)
+        if segment is not None:
+            parts.append(segment[seg_lo:seg_hi])
+        if len(parts) == 1:
             return parts[0]
-        return b"".join(parts)  # the one copy of a read (of a view into a run: none before)
+        return b"".join(parts)  # the one copy of a read that spans several buffers

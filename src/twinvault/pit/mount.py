@@ -141,7 +141,7 @@ class PointInTimeFs(pyfuse3.Operations):
         self._files[fh] = OpenFile(entry.path, pieces, self.cache.ahead_max)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         file = self._files[fh]
         needed, ahead = file.plan(off, size)
         for _ in range(_READ_RETRIES):

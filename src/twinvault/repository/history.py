@@ -105,6 +105,8 @@ class History:
         self._good: dict[str, set[str]] = {}  # image -> jobs whose mirror is complete and linked
         self._jobs_of: Callable[[str], set[str]] = lambda image: set()
         self._recorders: set[Recorder] = set()
+        self._holds: dict[int, tuple[str, int]] = {}  # hold id -> (image, instant)
+        self._next_hold = 1
         self._last_t = journal.last_time
 
     # -- time --------------------------------------------------------------------------
@@ -115,6 +117,28 @@ class History:
         with self.lock:
             self._last_t = max(self._clock(), self._last_t + 1)
             return self._last_t
+
+    # -- holds -------------------------------------------------------------------------
+
+    def hold(self, image: str, t: int) -> int:
+        """Keep the versions valid at `t` in `image` (and so their chunks) from retention
+        until `release`: a mount serving `t` holds it for as long as it lives. Holds live in
+        this process only: a restart of the daemon ends every mount, and so every hold."""
+        with self.lock:
+            hold_id = self._next_hold
+            self._next_hold += 1
+            self._holds[hold_id] = (image, t)
+            return hold_id
+
+    def release(self, hold_id: int) -> None:
+        with self.lock:
+            self._holds.pop(hold_id, None)
+
+    def held_since(self, image: str) -> int | None:
+        """The oldest instant of `image` a hold keeps, or None."""
+        with self.lock:
+            held = [t for name, t in self._holds.values() if name == image]
+        return min(held) if held else None
 
     # -- recording ---------------------------------------------------------------------
 

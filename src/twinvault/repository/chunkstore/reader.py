@@ -22,7 +22,7 @@ from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.chunkstore.backend import Backend
 from twinvault.repository.chunkstore.codec import BlobCodec
-from twinvault.repository.chunkstore.fetch import BlobFetcher, locate_in
+from twinvault.repository.chunkstore.fetch import BlobFetcher, Span, locate_in
 from twinvault.repository.chunkstore.index import Index, IndexDamaged
 from twinvault.repository.chunkstore.keys import unlock
 from twinvault.repository.chunkstore.layout import StateDir
@@ -77,6 +77,11 @@ class StoreReader:
         """`get_many` without copying chunks stored as they are out of the buffer they were
         read into (`fetch.BlobFetcher.get_views`): for readers that only pass them on."""
         return self._fetch.get_views(digests)
+
+    def get_spans(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, Span]]:
+        """`get_views` with where each chunk lies, so neighbours read together can be
+        passed on as one slice (`fetch.BlobFetcher.get_spans`)."""
+        return self._fetch.get_spans(digests)
 
     def advise(self, digests: Sequence[bytes]) -> None:
         """Have the disk start reading these chunks now (`fetch.BlobFetcher.advise`)."""

@@ -30,7 +30,7 @@ from twinvault.repository.chunkstore import index as ix
 from twinvault.repository.chunkstore.backend import Backend, check_name
 from twinvault.repository.chunkstore.check import CheckReport, StoreCheck
 from twinvault.repository.chunkstore.codec import BlobCodec, BlobInvalid, digest_of
-from twinvault.repository.chunkstore.fetch import BlobFetcher, checked_digest, locate_in
+from twinvault.repository.chunkstore.fetch import BlobFetcher, Span, checked_digest, locate_in
 from twinvault.repository.chunkstore.garbage import GarbageCollector, GcReport, Progress
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.keys import CONFIG_NAME, StoreConfig, StoreKeys, new_config, unlock
@@ -300,6 +300,11 @@ class ChunkStore:
         """`get_many` without copying chunks stored as they are out of the buffer they were
         read into (`fetch.BlobFetcher.get_views`): for readers that only pass them on."""
         return self._fetch.get_views(digests)
+
+    def get_spans(self, digests: Sequence[bytes]) -> Iterator[tuple[bytes, Span]]:
+        """`get_views` with where each chunk lies, so neighbours read together can be
+        passed on as one slice (`fetch.BlobFetcher.get_spans`)."""
+        return self._fetch.get_spans(digests)
 
     def advise(self, digests: Sequence[bytes]) -> None:
         """Have the disk start reading these chunks now (`fetch.BlobFetcher.advise`)."""
