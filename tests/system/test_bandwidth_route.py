@@ -59,6 +59,7 @@ def _check_window(samples: Samples, kbps: int, floor: float, what: str) -> float
     span = samples[-1][0] - samples[0][0]
     assert span >= 2.0, f"{what}: only {span:.1f} s of samples"
     busiest = max_window(samples)
+    print(f"{what}: busiest second {busiest / KIB:.0f} KB/s, load {os.getloadavg()[0]:.1f}")
     assert busiest <= kbps * KIB * TOLERANCE, f"{what}: {busiest / KIB:.0f} KB/s in one second > {kbps} KB/s"
     assert busiest >= kbps * KIB * floor, f"{what}: only {busiest / KIB:.0f} KB/s of {kbps} KB/s used"
     return busiest
@@ -135,13 +136,26 @@ def test_limits_schedule_and_route_hold_on_the_wire_for_protection_and_recovery(
                              "--bandwidth", "unlimited")  # fmt: skip
                 wait_idle(console, alpha, job, timeout=120)
                 wait_equal(src, in_image(image, src), timeout=60)
-                assert event_ids(alpha).count(ev.MIRROR_STARTED) == 1  # job set never remirrored
                 path1 = sampler.samples[net.dev_a]
-            # The route: the mirror went over path 2; path 1 carried only the console's calls.
-            sent2 = path2[-1][1] - path2[0][1]
-            sent1 = path1[-1][1] - path1[0][1]
-            assert sent2 > 72 << 20, sent2
-            assert sent1 < 2 << 20, sent1
+                # The route: the mirror went over path 2; path 1 carried only the console's calls.
+                sent2 = path2[-1][1] - path2[0][1]
+                sent1 = path1[-1][1] - path1[0][1]
+                assert sent2 > 72 << 20, sent2
+                assert sent1 < 2 << 20, sent1
+
+                # job set moves the running job back to path 1: it carries on, no mirror.
+                console.json(
+                    "job", "set", job, "--server", alpha.api, "--route", net.addr_b, "--bind", "default"
+                )
+                moved = path1[-1][1]
+                (src / "after-the-move.bin").write_bytes(os.urandom(3 << 20))
+                wait_equal(src, in_image(image, src), timeout=60)
+                assert path1[-1][1] - moved > 3 << 20
+                assert job_show(console, alpha, job)["transmission"]["peer_address"] == net.addr_b
+                assert event_ids(alpha).count(ev.MIRROR_STARTED) == 1  # job set never remirrored
+                wait_for(
+                    lambda: _range_open(console, beta), 30, 0.5, what="the range valid for recovery to reopen"
+                )
 
             # 4. A Data Recovery job: beta sends back to alpha, over path 2, at its own limit.
             assert beta.process is not None
@@ -172,3 +186,8 @@ def _flowing_now(samples: Samples) -> bool:
     """Bytes went out in the last half second (the recovery is sending)."""
     recent = [b for t, b in samples if t > time.monotonic() - 0.5]
     return len(recent) > 1 and recent[-1] - recent[0] > 32 * KIB
+
+
+def _range_open(console: Console, repository: TestHost) -> bool:
+    ranges = console.json("points", "--repository", repository.api, "--image", "alpha")["ranges"]
+    return bool(ranges) and ranges[-1]["end"] is None
