@@ -84,10 +84,10 @@ def test_bad_transmission_options_are_refused_and_change_nothing(two_hosts: Host
     jobs = {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]}
     for option, code in BAD_OPTIONS:
         assert console.refused("job", "set", job, "--server", alpha.api, *option) == code, option
-        assert job_show(console, alpha, job)["transmission"] == before
-        if option[0] != "--remove-bandwidth-period":
-            # protect refuses it too, and leaves no job behind on either host
-            assert console.refused("protect", "--source", alpha.api, "--repository", beta.api,
-                                   "--data", str(src), *option) == code, option  # fmt: skip
-            assert {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]} == jobs
-            assert {j["id"] for j in console.json("jobs", "--server", alpha.api)["jobs"]} == jobs
+    assert job_show(console, alpha, job)["transmission"] == before
+    # protect refuses them too, before it creates anything on either host
+    for option, code in (BAD_OPTIONS[0], BAD_OPTIONS[2], BAD_OPTIONS[-1]):
+        assert console.refused("protect", "--source", alpha.api, "--repository", beta.api,
+                               "--data", str(src), *option) == code, option  # fmt: skip
+    assert {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]} == jobs
+    assert {j["id"] for j in console.json("jobs", "--server", alpha.api)["jobs"]} == jobs
