@@ -152,7 +152,13 @@ def test_limits_schedule_and_route_hold_on_the_wire_for_protection_and_recovery(
                 wait_equal(src, in_image(image, src), timeout=60)
                 assert path1[-1][1] - moved > 3 << 20
                 assert job_show(console, alpha, job)["transmission"]["peer_address"] == net.addr_b
-                assert event_ids(alpha).count(ev.MIRROR_STARTED) == 1  # job set never remirrored
+                assert _mirrors_not_from_capture(alpha) <= 1  # job set never remirrored
+                wait_for(
+                    lambda: job_show(console, alpha, job)["status"] == "Protecting",
+                    30,
+                    0.3,
+                    what="protecting",
+                )
                 wait_for(
                     lambda: _range_open(console, beta), 30, 0.5, what="the range valid for recovery to reopen"
                 )
@@ -171,11 +177,16 @@ def test_limits_schedule_and_route_hold_on_the_wire_for_protection_and_recovery(
                 _check_window(sending, 1024, 0.8, "recovery at 1024 KB/s")
                 view = job_show(console, beta, recovery)
                 assert view["type"] == "Data Recovery" and view["statistics"]["conBandwidthLimit"] == 1024
-                console.json("job", "set", recovery, "--server", beta.api, "--bandwidth", "0")
+                # job set moves it to path 1, unlimited: it resumes there, it does not start over.
+                net.unshape()
+                console.json("job", "set", recovery, "--server", beta.api, "--bandwidth", "0",
+                             "--route", net.addr_a, "--bind", "default")  # fmt: skip
                 wait_for(lambda: job_show(console, beta, recovery)["status"] == "Recovered", 120, 0.3,
                          what="the recovery to finish")  # fmt: skip
-                back1 = sampler.samples[net.dev_b]
-            assert back1[-1][1] - back1[0][1] < 2 << 20
+                back1, back2 = sampler.samples[net.dev_b], sampler.samples[net.dev_b2]
+            over1, over2 = back1[-1][1] - back1[0][1], back2[-1][1] - back2[0][1]
+            assert over1 > 16 << 20, (over1, over2)  # the rest went over path 1
+            assert over1 + over2 < 1.3 * (75 << 20), (over1, over2)  # resumed, not sent twice
             assert_trees_equal(str(src), str(in_image(target, src)))
         finally:
             alpha.stop()
@@ -191,3 +202,11 @@ def _flowing_now(samples: Samples) -> bool:
 def _range_open(console: Console, repository: TestHost) -> bool:
     ranges = console.json("points", "--repository", repository.api, "--image", "alpha")["ranges"]
     return bool(ranges) and ranges[-1]["end"] is None
+
+
+def _mirrors_not_from_capture(host: TestHost) -> int:
+    """Mirrors started, less one for each capture overflow (event 9003, which asks for a
+    mirror; several may share one): fanotify marks the whole filesystem, and other tests on
+    this machine write to it too. With no overflow it is exactly the mirrors started."""
+    ids = event_ids(host)
+    return ids.count(ev.MIRROR_STARTED) - ids.count(ev.CAPTURE_LOST_EVENTS)
