@@ -118,13 +118,21 @@ class NetnsPair:
     dev_a = "veth-a"
     dev_b = "veth-b"
 
-    def __init__(self) -> None:
+    dev_a2 = "veth-a2"
+    dev_b2 = "veth-b2"
+
+    def __init__(self, *, second_path: bool = False) -> None:
+        """``second_path``: a second veth pair (``dev_a2``/``dev_b2``, ``addr_a2``/``addr_b2``
+        from 10.233.X.0/24), so each host has two interfaces, as for routing tests."""
         suffix = f"{os.getpid()}-{random.randrange(1 << 24):06x}"
         self.ns_a = f"tv-a-{suffix}"
         self.ns_b = f"tv-b-{suffix}"
         subnet = random.randrange(256)
         self.addr_a = f"10.231.{subnet}.1"
         self.addr_b = f"10.231.{subnet}.2"
+        self.second_path = second_path
+        self.addr_a2 = f"10.233.{subnet}.1"
+        self.addr_b2 = f"10.233.{subnet}.2"
         self._children: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
 
@@ -135,12 +143,17 @@ class NetnsPair:
                 self._created.append(ns)
             # Created straight inside the namespaces, so the short fixed device names
             # never meet another test's devices in the root namespace.
-            veth_a = ["ip", "link", "add", self.dev_a, "netns", self.ns_a, "type", "veth"]
-            _run([*veth_a, "peer", "name", self.dev_b, "netns", self.ns_b])
-            for ns, dev, addr in ((self.ns_a, self.dev_a, self.addr_a), (self.ns_b, self.dev_b, self.addr_b)):
-                _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+            paths = [(self.dev_a, self.addr_a, self.dev_b, self.addr_b)]
+            if self.second_path:
+                paths.append((self.dev_a2, self.addr_a2, self.dev_b2, self.addr_b2))
+            for dev_a, addr_a, dev_b, addr_b in paths:
+                veth_a = ["ip", "link", "add", dev_a, "netns", self.ns_a, "type", "veth"]
+                _run([*veth_a, "peer", "name", dev_b, "netns", self.ns_b])
+                for ns, dev, addr in ((self.ns_a, dev_a, addr_a), (self.ns_b, dev_b, addr_b)):
+                    _run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+                    _run(["ip", "-n", ns, "link", "set", dev, "up"])
+            for ns in (self.ns_a, self.ns_b):
                 _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-                _run(["ip", "-n", ns, "link", "set", dev, "up"])
         except BaseException:
             self.close()
             raise

@@ -44,13 +44,16 @@ def test_options_persist_and_job_set_changes_them_without_remirror(two_hosts: Ho
                        "--remove-bandwidth-period", "night")  # fmt: skip
     assert out["default_kbps"] == 512 and out["periods"] == []
     shown = job_show(console, alpha, job)
-    if shown["transmission"]["period"] == "default":
-        assert shown["transmission"]["limit_kbps"] == 512
-        assert shown["statistics"]["conBandwidthLimit"] == 512
-        assert _statistics(console, alpha)[job]["conBandwidthLimit"] == 512
+    assert shown["transmission"]["period"] == "default"  # no period left
+    assert shown["transmission"]["limit_kbps"] == 512
+    assert shown["statistics"]["conBandwidthLimit"] == 512
+    assert _statistics(console, alpha)[job]["conBandwidthLimit"] == 512
     (src / "b.bin").write_bytes(os.urandom(200_000))  # replication at the new limit
     wait_equal(src, image / src.relative_to("/"), timeout=30)
-    assert event_ids(alpha).count(ev.MIRROR_STARTED) == mirrors  # no remirror
+    # no remirror (but for one a capture overflow asks for: other tests write to this filesystem too)
+    assert (
+        event_ids(alpha).count(ev.MIRROR_STARTED) - event_ids(alpha).count(ev.CAPTURE_LOST_EVENTS) <= mirrors
+    )
     assert ev.BANDWIDTH_LIMIT_CHANGED in event_ids(alpha)
 
     # Kept with the job: a restarted source comes back with the changed options.
@@ -84,10 +87,10 @@ def test_bad_transmission_options_are_refused_and_change_nothing(two_hosts: Host
     jobs = {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]}
     for option, code in BAD_OPTIONS:
         assert console.refused("job", "set", job, "--server", alpha.api, *option) == code, option
-        assert job_show(console, alpha, job)["transmission"] == before
-        if option[0] != "--remove-bandwidth-period":
-            # protect refuses it too, and leaves no job behind on either host
-            assert console.refused("protect", "--source", alpha.api, "--repository", beta.api,
-                                   "--data", str(src), *option) == code, option  # fmt: skip
-            assert {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]} == jobs
-            assert {j["id"] for j in console.json("jobs", "--server", alpha.api)["jobs"]} == jobs
+    assert job_show(console, alpha, job)["transmission"] == before
+    # protect refuses them too, before it creates anything on either host
+    for option, code in (BAD_OPTIONS[0], BAD_OPTIONS[2], BAD_OPTIONS[-1]):
+        assert console.refused("protect", "--source", alpha.api, "--repository", beta.api,
+                               "--data", str(src), *option) == code, option  # fmt: skip
+    assert {j["id"] for j in console.json("jobs", "--server", beta.api)["jobs"]} == jobs
+    assert {j["id"] for j in console.json("jobs", "--server", alpha.api)["jobs"]} == jobs

@@ -309,6 +309,10 @@ class Host:
         Everything is checked before anything changes; a refused change changes nothing."""
         if job_id in self.recoveries.jobs:
             return await self.recoveries.set_options(job_id, body)
+        if job_id in self.image_jobs and job_id not in self.source_jobs:
+            raise TwinvaultError(
+                errors.JOB_NOT_FOUND, f"{job_id} is received here: change it on its sending host"
+            )
         job = self.source_job(job_id)
         changes = transmission_changes(body, job.spec.to_json())
         spec = JobSpec.from_json({**job.spec.to_json(), **changes})

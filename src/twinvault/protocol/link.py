@@ -236,6 +236,9 @@ class Link:
                 if out and writable:
                     if pacer is None:
                         out_bytes, write_on = self._write(out, out_bytes)
+                        # A blocked write is retried with the same buffer, whole, even if
+                        # a limit comes in meanwhile; anything else is paced from the start.
+                        paid = len(out[0]) if out and write_on else 0
                     else:
                         out_bytes, write_on, paid, paced = self._write_paced(out, out_bytes, pacer, paid)
                     writable = not write_on

@@ -163,6 +163,9 @@ class ProtectionJob:
         self.bytes_sent_replication_compressed = 0
         self.wire_bytes_tx = 0
         self._discarding = False
+        # job set moved the link (route, bind address): the next session continues the
+        # stream instead of running a difference mirror (see _session)
+        self._handover = False
         self._remirror = asyncio.Event()
         self._checksum_next = False
         self._verify_waiters: list[asyncio.Future[MirrorPlan]] = []
@@ -391,9 +394,10 @@ class ProtectionJob:
                 self.connected = False
                 self.transmit_status = "Error" if not self._stopping.is_set() else "Stopped"
                 self.replication_status = "Pending"
-                if self.mirror.status in ("Calculating", "Mirroring"):
+                handover = self._handover and not self._stopping.is_set()
+                if self.mirror.status in ("Calculating", "Mirroring") and not handover:
                     self.mirror.status = "Stopped"
-                self.mirror.complete = False
+                self.mirror.complete = self.mirror.complete and handover
                 await link.close()
                 self._emit(
                     ev.DISCONNECTED,
@@ -404,7 +408,8 @@ class ProtectionJob:
                     ev.AUTO_RECONNECTING,
                     **self._fields(),
                 )
-                await asyncio.sleep(RECONNECT_DELAYS[0])
+                if not self._handover:
+                    await asyncio.sleep(RECONNECT_DELAYS[0])
 
     async def _connect(self) -> Link:
         link, _ = await open_peer_link(
@@ -425,6 +430,11 @@ class ProtectionJob:
     async def _session(self, link: Link) -> None:
         self._link = link
         self.connected = True
+        # A handover (job set moved the link) with nothing dropped needs no mirror: the
+        # queue still holds every op the repository did not acknowledge (rewound below,
+        # resent, and skipped there when already applied, by epoch and sequence number).
+        handover = self._handover and not self._discarding and self.mirror.status != "Calculating"
+        self._handover = False
         self._discarding = False
         self.transmit_status = "Transmitting"
         self.target_status = "Processing"
@@ -436,9 +446,16 @@ class ProtectionJob:
         sender = asyncio.create_task(self._send_status(link))
         self._link_tasks = (receiver, sender)
         try:
-            checksum = self._checksum_next
-            self._checksum_next = False
-            await self._run_mirror(link, checksum=checksum)
+            if handover:
+                if self.mirror.complete:
+                    # The link's end closed the repository's range valid for recovery;
+                    # the stream is whole again from here, so say so in stream order.
+                    self.changes.barrier(Barrier("mark", MIRROR_MARK))
+                # else: the mirror's own completion mark is still queued and ends it.
+            else:
+                checksum = self._checksum_next
+                self._checksum_next = False
+                await self._run_mirror(link, checksum=checksum)
             while True:
                 remirror = asyncio.create_task(self._remirror.wait())
                 done, _ = await asyncio.wait(
@@ -624,7 +641,8 @@ class ProtectionJob:
     def change_options(self, spec: JobSpec) -> None:
         """``job set``: the same job with changed transmission options, on a running job.
         A new limit or schedule holds from now on the link as it is; a new route or bind
-        address ends the link, and the job reconnects through it at once."""
+        address ends the link, and the job reconnects through it at once and carries on
+        where it was, without a mirror."""
         rerouted = (spec.route, spec.bind_address) != (self.spec.route, self.spec.bind_address)
         self.spec = spec
         # What the reader reads from now on is compressed at the new level (no remirror,
@@ -632,6 +650,7 @@ class ProtectionJob:
         self.reader.compression = compressor_for(spec.compression)
         self.bandwidth.replace(BandwidthSchedule.from_json(spec.bandwidth))
         if rerouted and self._link is not None:
+            self._handover = True
             self._link.abort()
 
     async def verify(self, *, checksum: bool, remirror: bool) -> MirrorPlan:
