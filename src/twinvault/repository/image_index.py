@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SCHEMA_VERSION = 1
 HASH_BYTES = 32
@@ -41,11 +42,13 @@ def unpack_pieces(blob: bytes) -> list[ChunkPiece]:
 def digests_of(blob: bytes) -> bytes:
     """The concatenated chunk hashes of a packed piece list (what a manifest carries)."""
     size = _PIECE.size
+    if len(blob) == size:  # one chunk: most files of a tree of small files
+        return blob[:HASH_BYTES]
     return b"".join(blob[i : i + HASH_BYTES] for i in range(0, len(blob), size))
 
 
-@dataclass(frozen=True, slots=True)
-class IndexedFile:
+class IndexedFile(NamedTuple):
+    # A tuple, not a dataclass: a manifest builds one per file of the image.
     size: int
     mtime_ns: int
     pieces_blob: bytes
@@ -167,7 +170,7 @@ class ImageIndex:
             "SELECT path, size, mtime_ns, pieces FROM files WHERE path=? OR (path >= ? AND path < ?)",
             (prefix, prefix.rstrip(b"/") + b"/", prefix.rstrip(b"/") + b"0"),
         )
-        return {r[0]: IndexedFile(r[1], r[2], r[3]) for r in rows}
+        return {r[0]: IndexedFile._make(r[1:]) for r in rows}
 
     def location(self, digest: bytes) -> tuple[bytes, int, int] | None:
         row = (
