@@ -32,6 +32,8 @@ from twinvault.repository.image_tree import ImageTree
 THREADS: Final = 2
 AHEAD: Final = 32  # files in progress or waiting at once (each holds a descriptor)
 _DATA_SEGMENTS: Final = frozenset({m.SEG_DATA, m.SEG_HOLE})
+_MOVES_TREE: Final = frozenset({m.DELETE, m.RENAME})
+_MAKES_ENTRY: Final = frozenset({m.FILE, m.FBEGIN, m.SYMLINK, m.SPECIAL, m.LINK})
 
 
 @dataclass(slots=True)
@@ -58,22 +60,23 @@ class FilesAhead:
         self._waiting: deque[_Job] = deque()
         self._running: dict[int, Future[PreparedFile | None]] = {}
         self.enabled = True  # False once the filesystem refuses O_TMPFILE
+        self.taken = 0  # files the applier took prepared (for tests and profiles)
 
     def start(self, batch: list[list[Any]]) -> None:
-        """Begin preparing the whole files of ``batch`` that can be: up to the first op of
-        another kind than file or mkdir (which may change the tree under them), each path
-        once, none below the path of another file of the run."""
+        """Begin preparing the whole files of ``batch`` that can be: up to the first delete
+        or rename (which may move the tree under them), each path once, none below a path
+        that an op of the run makes a file, a link or a special file."""
         if not self.enabled:
             return
         files: list[list[Any]] = []
         paths: set[bytes] = set()
         for msg in batch:
-            if msg[0] == m.MKDIR:
-                continue
-            if msg[0] != m.FILE or len(msg) < 7:
+            kind = msg[0]
+            if kind in _MOVES_TREE:
                 break
-            files.append(msg)
-            if isinstance(msg[2], bytes):
+            if kind == m.FILE and len(msg) >= 7:
+                files.append(msg)
+            if kind in _MAKES_ENTRY and len(msg) > 2 and isinstance(msg[2], bytes):
                 paths.add(msg[2])
         seen: set[bytes] = set()
         for msg in files:
@@ -113,6 +116,8 @@ class FilesAhead:
             return None
         prepared = future.result()
         self._refill()
+        if prepared is not None:
+            self.taken += 1
         return prepared
 
     def drop(self) -> None:
