@@ -78,6 +78,8 @@ class FilesAhead:
                 files.append(msg)
             if kind in _MAKES_ENTRY and len(msg) > 2 and isinstance(msg[2], bytes):
                 paths.add(msg[2])
+        if len(files) < 2:
+            return  # one file (replication's usual batch): a hand-over would only add latency
         seen: set[bytes] = set()
         for msg in files:
             path = msg[2]
