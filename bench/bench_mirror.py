@@ -38,6 +38,7 @@ from harness import (
     code_note,
     drop_caches,
     image_path,
+    load_note,
     mb,
     ratio,
     row,
@@ -109,6 +110,7 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
         f"{r_init.seconds:.2f}",
         ratio(init.seconds, r_init.seconds),
     )
+    print(f"  ({load_note()})")
 
     # -- nothing changed -------------------------------------------------------------
     dropped &= drop_caches()
@@ -132,6 +134,7 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
         f"{r_again.seconds:.2f}",
         ratio(again.seconds, r_again.seconds),
     )
+    print(f"  ({load_note()})")
 
     dropped &= drop_caches()
     started = time.perf_counter()
@@ -151,7 +154,7 @@ def bench_small(tb: Testbed, ref: RsyncOverSsh, base: Path, count: int, prof: st
     if img_total != total:
         print(f"  !! image holds {img_total} bytes, source {total}")
     tb.delete_job(job)  # its capture must not compete with the next measurements
-    print(f"  ({caches_note(dropped)})")
+    print(f"  ({caches_note(dropped)}; {load_note()})")
 
 
 def _tree(root: str) -> tuple[int, int]:
@@ -205,6 +208,7 @@ def bench_big(tb: Testbed, ref: RsyncOverSsh, base: Path, size: int, prof: str |
         f"{r_init.seconds:.2f}",
         ratio(init.seconds, r_init.seconds),
     )
+    print(f"  ({load_note()})")
     img_big = image_path(image, big)
 
     # -- 1 MiB changed, replicated live --------------------------------------------------
@@ -265,7 +269,7 @@ def bench_big(tb: Testbed, ref: RsyncOverSsh, base: Path, size: int, prof: str |
         ratio(diff.seconds, r_diff.seconds),
     )
     tb.delete_job(job)
-    print(f"  ({caches_note(dropped)})")
+    print(f"  ({caches_note(dropped)}; {load_note()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,12 @@ def caches_note(dropped: bool) -> str:
     return "caches dropped before each timed side" if dropped else "caches NOT dropped (not root?)"
 
 
+def load_note() -> str:
+    """The load average now: other processes share the cores, so a figure needs it beside."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in KiB, from /proc/PID/status."""
     rss = hwm = 0

@@ -190,10 +190,15 @@ def apply_meta(path: str, meta: Meta, *, fd: int | None = None) -> None:
     immune to the path being renamed under us.
     """
     is_link = meta.kind == "symlink"
-    if fd is not None:
-        os.fchown(fd, meta.uid, meta.gid)
-    else:
-        os.lchown(path, meta.uid, meta.gid)
+    # A chown to the owner it has already is skipped: what it would clear (setuid bits,
+    # security.capability) is set exactly by the steps after it anyway, and a stat costs
+    # far less than an inode change (a fresh image file is the applier's own already).
+    st = os.fstat(fd) if fd is not None else os.lstat(path)
+    if (st.st_uid, st.st_gid) != (meta.uid, meta.gid):
+        if fd is not None:
+            os.fchown(fd, meta.uid, meta.gid)
+        else:
+            os.lchown(path, meta.uid, meta.gid)
     _apply_xattrs(path, meta.xattrs, fd)
     if not is_link:
         if fd is not None:

@@ -100,6 +100,11 @@ class Protection:
         self.events.append((event_id, fields))
 
     def close(self) -> None:
+        recorder = self.applier.recorder
+        if recorder is not None and self.history is not None:
+            recorder.close()
+            self.history.forget_recorder(recorder)
+        self.applier.close()
         self.index.close()
         self.tree.close()
 
@@ -150,11 +155,12 @@ class Protection:
     def transfer(self) -> Transfer:
         result = Transfer()
         while (item := self.queue.take()) is not None:
-            message = decode_body(item.frame[4:])
-            result.messages.append(message)
-            outcome = self.applier.apply(message)
-            if outcome is not None:
-                result.outcomes.append(outcome)
+            result.messages.append(decode_body(item.frame[4:]))
+        with self.applier.batch(result.messages):  # as the receiver applies what it received
+            for message in result.messages:
+                outcome = self.applier.apply(message)
+                if outcome is not None:
+                    result.outcomes.append(outcome)
         if self.history is not None:
             self.history.commit()  # the receiver's group commit
         self.index.commit()

@@ -28,12 +28,8 @@ from twinvault.cli.output import console, emit_json, err_console, human_bytes, t
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pit.restore import RestoreTarget
-from twinvault.pit.stream import END, POINT
 from twinvault.protocol import messages as m
 from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body
-from twinvault.repository.image_tree import remove_temporaries
-from twinvault.repository.receiver import syncfs
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -106,6 +102,11 @@ RESTORE_STATE = ".twinvault-restore-state.json"  # in --to while a restore is un
 def restore(args: argparse.Namespace) -> int:
     """Restore onto this machine: the repository streams the point's ops, the applier
     writes them. An interrupted restore resumes where it stopped when run again."""
+    # Imported here: the applier and the chunk store would slow every other command's start.
+    from twinvault.pit.restore import RestoreTarget
+    from twinvault.pit.stream import END, POINT
+    from twinvault.repository.image_tree import remove_temporaries
+
     target = Path(os.path.abspath(args.to))
     for path in args.include:
         if not path.startswith("/"):
@@ -186,6 +187,8 @@ def _resume_point(target: Path, request: dict[str, Any]) -> int:
 def _save_resume_point(target: Path, request: dict[str, Any], last_seq: int) -> None:
     """Record how far the restore got: only after the files written so far are on disk,
     so a resume never skips a file a power cut took away."""
+    from twinvault.repository.receiver import syncfs
+
     fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         syncfs(fd)

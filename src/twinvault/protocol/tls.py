@@ -15,11 +15,6 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from twinvault.ops.errors import FINGERPRINT_MISMATCH, TwinvaultError
 
 
@@ -28,6 +23,12 @@ def create_identity(
 ) -> None:
     """Write a new P-256 key (0600) and a ten-year self-signed certificate for `common_name`
     (and `ip_addresses`, for a client that checks the name, such as an SMTP client)."""
+    # cryptography is imported where it is used: it is a good part of a console's start.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -61,6 +62,9 @@ def fingerprint_of_der(der: bytes) -> str:
 
 
 def fingerprint_of_cert_file(cert_path: Path) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return fingerprint_of_der(cert.public_bytes(serialization.Encoding.DER))
 

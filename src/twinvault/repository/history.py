@@ -188,10 +188,18 @@ class History:
     def commit(self) -> None:
         """Make every recorded chunk and record durable, then index the records.
 
+        First every recorder records what its applier queued so far (so the ops applied
+        before this call are in this commit); not from a thread holding the history
+        lock, which the recorders need: such a caller commits what is recorded already.
         Order (docs/history.md): chunks, then the journal (fsync each), then one catalog
         transaction that also stores the journal position it reached. A crash between
         the journal and the catalog is repaired by ``catch_up`` at the next start.
         """
+        if not self.lock._is_owned():  # type: ignore[attr-defined]
+            with self.lock:
+                recorders = list(self._recorders)
+            for recorder in recorders:  # a failed one is its own session's business
+                recorder.wait_recorded(check=False)
         with self._commit_lock:
             # Under the history lock only what must be atomic: which records this commit
             # covers and where they end in the journal. The syncs run outside it, so the
@@ -371,8 +379,26 @@ def apply_record(catalog: Catalog, rec: list[Any]) -> None:
         raise ValueError(f"unknown journal record {kind!r}")
 
 
+# A recorder's queue holds at most about this many chunk bytes; the applier waits beyond it.
+RECORD_QUEUE_BYTES: Final = 32 * 1024 * 1024
+
+# What the applier hands its recorder: a new chunk (digest, data), or a step to run in
+# order on the recorder's thread (a record, a pin, the end of a file).
+_Task = tuple[bytes, bytes] | Callable[[], None]
+
+
 class Recorder:
-    """What one image session's applier tells history; used from that applier's thread."""
+    """What one image session's applier tells history.
+
+    The applier's calls only queue; a thread of the recorder's own stores the chunks (a
+    batch at a time, with one index look-up for the batch) and journals the records, in
+    the order the applier made them, so no record is journalled before the chunks it
+    names are in the store. The receiver's group commit calls ``History.commit``, which
+    first waits until every recorder has done what was queued (``wait_recorded``): the
+    history of every op it acknowledges is in that commit. Why a thread: storing a chunk
+    (hash check, compression probe, pack write) took a third of the applier's time, and
+    runs mostly without the GIL beside the applier's own file writes.
+    """
 
     def __init__(self, history: History, image: str, job: str) -> None:
         self.history = history
@@ -380,62 +406,181 @@ class Recorder:
         self.job = job
         self._store = history.store
         self.lock = history.lock
-        # Chunks of the file being received: referenced by no record yet, so garbage
-        # collection must keep them (see History.collect_garbage).
+        # Chunks of the files being received: referenced by no record yet, so garbage
+        # collection must keep them (see History.collect_garbage). Changed under the lock.
         self.pinned: set[bytes] = set()
+        self._file_digests: list[bytes] = []  # pins of the file in progress (recorder thread)
+        self._changed = threading.Condition()
+        self._queue: list[_Task] = []
+        self._sizes: list[int] = []  # the bytes each queued task holds, for the bound
+        self._queued_bytes = 0
+        self._submitted = 0
+        self._done = 0
+        self._error: TwinvaultError | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"history-{job}", daemon=True)
+        self._thread.start()
+
+    # -- the applier's side ---------------------------------------------------------------
 
     def chunk(self, digest: bytes, data: bytes) -> None:
-        with self.lock:
-            self.pinned.add(digest)
-            self._store.put(digest, data)
+        self._submit((digest, data), len(data))
 
     def chunk_frame(self, digest: bytes, frame: bytes, data: bytes) -> None:
         """A chunk that arrived compressed: its zstd frame is stored as it is (``data``
-        is that frame decompressed, hashed by the store before it files the frame)."""
-        with self.lock:
-            self.pinned.add(digest)
+        is that frame decompressed, hashed by the store before it files the frame), in
+        order on the recorder's thread like any other chunk."""
+
+        def store_frame() -> None:
+            self._pin(digest)
             self._store.put_compressed(digest, len(data), frame, plain=data)
+
+        self._submit(store_frame, len(frame) + len(data))
 
     def ensure_chunk(self, digest: bytes, read: Callable[[], bytes]) -> None:
         """A chunk the op reused from the live image: stored already, unless the image
-        predates its history (then it is read back from the image once)."""
-        with self.lock:
-            self.pinned.add(digest)
-            if not self._store.has(digest):
-                self._store.put(digest, read())
+        predates its history (then it is read back from the image now, while the file
+        is open, and stored like a new chunk)."""
+        if self._store.has(digest):  # a True answer also protects it from a running GC
+            self._submit(lambda: self._pin(digest))
+        else:
+            self.chunk(digest, read())
 
     def file_aborted(self) -> None:
-        self.pinned = set()
+        with self._changed:
+            if self._error is not None or self._stopping:
+                return  # nothing more will be recorded: no pin to drop
+        self._submit(self._unpin_file)
 
     def put(self, path: bytes, meta: fsmeta.Meta, content: bytes = b"") -> None:
-        if meta.kind == "symlink":
-            content = os.fsencode(meta.symlink_target)
-        kind = meta.kind if meta.kind in _VERSION_KINDS else "special"  # fifo, devices, sockets
-        self.history.record(PUT, self.image, path, kind, pack_meta(meta), content, meta.size)
+        self._submit(lambda: self._record_put(path, meta, content))
 
     def put_file(self, path: bytes, meta: fsmeta.Meta, pieces: Iterable[ChunkPiece]) -> None:
         content = file_content(((p.digest, p.offset, p.length) for p in pieces), meta.size)
-        with self.lock:  # the record now references them: no longer pinned
-            self.put(path, meta, content)
-            self.pinned = set()
+        self._submit(lambda: self._record_file(path, meta, content))
 
     def meta(self, path: bytes, meta: fsmeta.Meta) -> None:
-        self.history.record(META, self.image, path, pack_meta(meta))
+        packed = pack_meta(meta)
+        self._submit(lambda: self._record(META, path, packed))
 
     def link(self, path: bytes, existing: bytes) -> None:
-        self.history.record(LINK, self.image, path, existing)
+        self._submit(lambda: self._record(LINK, path, existing))
 
     def delete(self, path: bytes) -> None:
-        self.history.record(DELETE, self.image, path)
+        self._submit(lambda: self._record(DELETE, path))
 
     def rename(self, old: bytes, new: bytes) -> None:
-        self.history.record(RENAME, self.image, old, new)
+        self._submit(lambda: self._record(RENAME, old, new))
 
     def mark(self, name: str) -> None:
         if name == m.MARK_MIRROR_START:
-            self.history.job_bad(self.image, self.job)
+            self._submit(lambda: self.history.job_bad(self.image, self.job))
         elif name == m.MARK_MIRROR_COMPLETE:
-            self.history.job_good(self.image, self.job)
+            self._submit(lambda: self.history.job_good(self.image, self.job))
 
     def link_down(self) -> None:
+        """The link ended: the range valid for recovery ends after what was recorded."""
         self.history.job_bad(self.image, self.job)
+
+    def _submit(self, task: _Task, size: int = 0) -> None:
+        with self._changed:
+            while self._queued_bytes > RECORD_QUEUE_BYTES and self._error is None and not self._stopping:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            if self._stopping:
+                raise TwinvaultError(errors.INTERNAL_ERROR, f"the recorder of {self.image} is closed")
+            self._queue.append(task)
+            self._sizes.append(size)
+            self._queued_bytes += size
+            self._submitted += 1
+            self._changed.notify_all()
+
+    def wait_recorded(self, *, check: bool = True) -> None:
+        """Return once everything queued so far is stored and journalled; with ``check``,
+        raise what stopped the recorder's thread (its session must not acknowledge)."""
+        with self._changed:
+            target = self._submitted
+            while self._done < target and self._error is None:
+                self._changed.wait()
+            if check and self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        """Record what is queued, then stop the thread (a failure is logged: the ops it
+        lost were not acknowledged, the source sends them again)."""
+        try:
+            self.wait_recorded()
+        except TwinvaultError as exc:
+            log.error("history of %s: %s", self.image, exc)
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    # -- the recorder's thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._stopping:
+                    self._changed.wait()
+                if not self._queue:
+                    return
+                tasks, self._queue = self._queue, []
+                sizes, self._sizes = self._sizes, []
+            try:
+                self._do(tasks)
+            except Exception as exc:
+                error = (
+                    exc
+                    if isinstance(exc, TwinvaultError)
+                    else TwinvaultError(errors.INTERNAL_ERROR, f"history of {self.image}: {exc}")
+                )
+                log.error("history of %s stopped: %s", self.image, error)
+                with self._changed:
+                    self._error = error
+                    self._queue, self._sizes = [], []
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._done += len(tasks)
+                self._queued_bytes -= sum(sizes)
+                self._changed.notify_all()
+
+    def _do(self, tasks: list[_Task]) -> None:
+        """Store the chunks of ``tasks`` (a record only needs its chunks stored before it,
+        so all of them go first, in one batch), then run the rest in order."""
+        chunks = [t for t in tasks if isinstance(t, tuple)]
+        if chunks:
+            with self.lock:
+                self.pinned.update(digest for digest, _ in chunks)
+            self._store.put_many(chunks)
+        with self.lock:
+            for task in tasks:
+                if isinstance(task, tuple):
+                    self._file_digests.append(task[0])
+                else:
+                    task()
+
+    def _pin(self, digest: bytes) -> None:
+        self.pinned.add(digest)
+        self._file_digests.append(digest)
+
+    def _unpin_file(self) -> None:
+        """The file's chunks are referenced by its record now (or it was abandoned)."""
+        self.pinned.difference_update(self._file_digests)
+        self._file_digests = []
+
+    def _record(self, kind: str, *fields: Any) -> None:
+        self.history.record(kind, self.image, *fields)
+
+    def _record_put(self, path: bytes, meta: fsmeta.Meta, content: bytes) -> None:
+        if meta.kind == "symlink":
+            content = os.fsencode(meta.symlink_target)
+        kind = meta.kind if meta.kind in _VERSION_KINDS else "special"  # fifo, devices, sockets
+        self._record(PUT, path, kind, pack_meta(meta), content, meta.size)
+
+    def _record_file(self, path: bytes, meta: fsmeta.Meta, content: bytes) -> None:
+        self._record_put(path, meta, content)
+        self._unpin_file()

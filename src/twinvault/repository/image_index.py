@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SCHEMA_VERSION = 1
 HASH_BYTES = 32
@@ -41,11 +42,13 @@ def unpack_pieces(blob: bytes) -> list[ChunkPiece]:
 def digests_of(blob: bytes) -> bytes:
     """The concatenated chunk hashes of a packed piece list (what a manifest carries)."""
     size = _PIECE.size
+    if len(blob) == size:  # one chunk: most files of a tree of small files
+        return blob[:HASH_BYTES]
     return b"".join(blob[i : i + HASH_BYTES] for i in range(0, len(blob), size))
 
 
-@dataclass(frozen=True, slots=True)
-class IndexedFile:
+class IndexedFile(NamedTuple):
+    # A tuple, not a dataclass: a manifest builds one per file of the image.
     size: int
     mtime_ns: int
     pieces_blob: bytes
@@ -75,17 +78,45 @@ class ImageIndex:
             "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
         self._in_tx = False
+        # Rows of recorded files not yet written: written together (two statements for a
+        # run of files rather than two per file) before anything reads or changes the index.
+        self._files: list[tuple[bytes, int, int, bytes]] = []
+        self._locations: list[tuple[bytes, bytes, int, int]] = []
 
     def close(self) -> None:
         self.commit()
         self._db.close()
 
     def _begin(self) -> None:
+        if self._files:
+            self._write_files()
         if not self._in_tx:
             self._db.execute("BEGIN")
             self._in_tx = True
 
+    def _write_files(self) -> None:
+        files, self._files = self._files, []
+        locations, self._locations = self._locations, []
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files(path, size, mtime_ns, pieces) VALUES(?,?,?,?)", files
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO chunk_locations(digest, path, offset, length) VALUES(?,?,?,?)",
+            locations,
+        )
+
+    def _read(self) -> sqlite3.Connection:
+        """The connection, with every recorded row written (reads see them)."""
+        if self._files:
+            self._write_files()
+        return self._db
+
     def commit(self) -> None:
+        if self._files:
+            self._write_files()
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
@@ -93,15 +124,8 @@ class ImageIndex:
     # -- files -------------------------------------------------------------------
 
     def record_file(self, path: bytes, size: int, mtime_ns: int, pieces: list[ChunkPiece]) -> None:
-        self._begin()
-        self._db.execute(
-            "INSERT OR REPLACE INTO files(path, size, mtime_ns, pieces) VALUES(?,?,?,?)",
-            (path, size, mtime_ns, pack_pieces(pieces)),
-        )
-        self._db.executemany(
-            "INSERT OR REPLACE INTO chunk_locations(digest, path, offset, length) VALUES(?,?,?,?)",
-            [(p.digest, path, p.offset, p.length) for p in pieces],
-        )
+        self._files.append((path, size, mtime_ns, pack_pieces(pieces)))
+        self._locations.extend((p.digest, path, p.offset, p.length) for p in pieces)
 
     def update_mtime(self, path: bytes, mtime_ns: int) -> None:
         self._begin()
@@ -136,26 +160,30 @@ class ImageIndex:
             )
 
     def file(self, path: bytes) -> IndexedFile | None:
-        row = self._db.execute("SELECT size, mtime_ns, pieces FROM files WHERE path=?", (path,)).fetchone()
+        row = (
+            self._read().execute("SELECT size, mtime_ns, pieces FROM files WHERE path=?", (path,)).fetchone()
+        )
         return IndexedFile(row[0], row[1], row[2]) if row else None
 
     def files_under(self, prefix: bytes) -> dict[bytes, IndexedFile]:
-        rows = self._db.execute(
+        rows = self._read().execute(
             "SELECT path, size, mtime_ns, pieces FROM files WHERE path=? OR (path >= ? AND path < ?)",
             (prefix, prefix.rstrip(b"/") + b"/", prefix.rstrip(b"/") + b"0"),
         )
-        return {r[0]: IndexedFile(r[1], r[2], r[3]) for r in rows}
+        return {r[0]: IndexedFile._make(r[1:]) for r in rows}
 
     def location(self, digest: bytes) -> tuple[bytes, int, int] | None:
-        row = self._db.execute(
-            "SELECT path, offset, length FROM chunk_locations WHERE digest=?", (digest,)
-        ).fetchone()
+        row = (
+            self._read()
+            .execute("SELECT path, offset, length FROM chunk_locations WHERE digest=?", (digest,))
+            .fetchone()
+        )
         return (row[0], row[1], row[2]) if row else None
 
     # -- streams: where each job's op stream stands ------------------------------
 
     def stream_position(self, job: str) -> tuple[int, int]:
-        row = self._db.execute("SELECT epoch, last_seq FROM streams WHERE job=?", (job,)).fetchone()
+        row = self._read().execute("SELECT epoch, last_seq FROM streams WHERE job=?", (job,)).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
     def set_stream_position(self, job: str, epoch: int, last_seq: int) -> None:

@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
@@ -40,12 +41,20 @@ class ImageTree:
         self._root_fd = os.open(root, _DIR_FLAGS)
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._cache_size = cache_size
+        # Called with a cached descriptor just before it is closed (the applier restores
+        # the times it holds for that directory while the number still names it).
+        self.before_close: Callable[[int], None] = lambda fd: None
 
     def close(self) -> None:
         for fd in self._cache.values():
-            os.close(fd)
+            self._close(fd)
         self._cache.clear()
+        self.before_close(self._root_fd)
         os.close(self._root_fd)
+
+    def _close(self, fd: int) -> None:
+        self.before_close(fd)
+        os.close(fd)
 
     @property
     def root_fd(self) -> int:
@@ -88,14 +97,14 @@ class ImageTree:
         self._cache[key] = fd
         if len(self._cache) > self._cache_size:
             _, old = self._cache.popitem(last=False)
-            os.close(old)
+            self._close(old)
         return fd
 
     def invalidate(self, path: bytes) -> None:
         """Drop cached descriptors at or under ``path`` (after a delete or a rename)."""
         prefix = path.rstrip(b"/") + b"/"
         for key in [k for k in self._cache if k == path or k.startswith(prefix)]:
-            os.close(self._cache.pop(key))
+            self._close(self._cache.pop(key))
 
     @staticmethod
     def proc_path(dir_fd: int, name: bytes) -> bytes:

@@ -196,7 +196,9 @@ class Session:
     def _close(self) -> None:
         if self.applier is not None:
             self.applier.abort_transfer()
+            self.applier.close()
         if self.history is not None and self.recorder is not None:
+            self.recorder.close()
             # The link is down: the range valid for recovery ends now.
             self.recorder.link_down()
             self.history.forget_recorder(self.recorder)
@@ -278,13 +280,19 @@ class Session:
 
     def _apply_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
         assert self.applier is not None and self.tree is not None and self.index is not None
-        replies: list[list[Any]] = []
         self.job.target_status = "Processing"
+        with self.applier.batch(batch):
+            return self._apply_in_batch(batch)
+
+    def _apply_in_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
+        assert self.applier is not None
+        replies: list[list[Any]] = []
         for msg in batch:
             if msg[0] == m.MANIFEST_REQ:
                 for reply in replies:  # answers to earlier ops keep their order
                     self._send_from_thread(reply)
                 replies = []
+                self.applier.settle_times()  # the manifest reports the directories' times
                 self._send_manifest(msg)
                 continue
             try:
@@ -332,7 +340,7 @@ class Session:
                 # Chunks and journal records are durable before the image index says the
                 # ops are applied, and before anything is acknowledged (docs/history.md).
                 # Off the applier's thread: it goes on applying while the disk syncs.
-                await asyncio.to_thread(self.history.commit)
+                await asyncio.to_thread(self._commit_history)
             await self._in_thread(self._commit, seq)
             assert self.tree is not None
             # syncfs covers the image files and the index's WAL when they share a
@@ -345,6 +353,12 @@ class Session:
                 self._recovered_seq = 0
                 self._emit(ev.RECOVERY_RECEIVED, job=self.job.job_id, source=self.job.source_name,
                            ops=self.job.ops_applied, path=self.job.image_root)  # fmt: skip
+
+    def _commit_history(self) -> None:
+        assert self.history is not None
+        if self.recorder is not None:
+            self.recorder.wait_recorded()  # raises if the history of an applied op failed
+        self.history.commit()
 
     def _commit(self, seq: int) -> None:
         assert self.index is not None

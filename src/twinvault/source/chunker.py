@@ -52,6 +52,10 @@ def _extent_chunks(fd: int, start: int, length: int) -> Iterator[Piece]:
     # the next window, which would copy every byte once more.
     offset, end = start, start + length
     while offset < end:
+        # The disk reads the next window while this one is cut and hashed.
+        ahead = offset + WINDOW
+        if ahead < end:
+            os.posix_fadvise(fd, ahead, min(WINDOW, end - ahead), os.POSIX_FADV_WILLNEED)
         block = os.pread(fd, min(WINDOW, end - offset), offset)
         if not block:
             return

@@ -463,6 +463,7 @@ class ProtectionJob:
                 )
                 if remirror in done:
                     self._remirror.clear()
+                    await self._mirror_finished()
                     checksum = self._checksum_next
                     self._checksum_next = False
                     await self._run_mirror(link, checksum=checksum)
@@ -518,6 +519,16 @@ class ProtectionJob:
         view.content_differs.update(plan.content_differs)
         self.changes.mark_many(plan.to_send, mirror=True)
         self.changes.barrier(Barrier("mark", MIRROR_MARK))
+
+    async def _mirror_finished(self) -> None:
+        """Wait until the running mirror is acknowledged. A mirror asked for meanwhile (lost
+        capture events: other writers on the filesystem can overflow the queue during a
+        large mirror) then compares against a whole image, instead of restarting on a
+        half-built one and resending the files still on their way."""
+        while not self.mirror.complete:
+            if any(t.done() for t in self._link_tasks):
+                raise ConnectionError("the link to the repository ended")
+            await asyncio.sleep(0.1)
 
     async def _sent_through(self, seq: int) -> None:
         """Wait until every op up to ``seq`` is on the link. The repository answers a

@@ -34,7 +34,10 @@ class RemoteView:
     def add(self, path: str, entry: RemoteEntry) -> None:
         self.entries[path] = entry
         d = entry.digests
-        self.known_chunks.update(d[i : i + 32] for i in range(0, len(d), 32))
+        if len(d) == 32:  # one chunk: most files of a tree of small files
+            self.known_chunks.add(d)
+        elif d:
+            self.known_chunks.update(d[i : i + 32] for i in range(0, len(d), 32))
 
     def sent_file(self, path: str, entry: RemoteEntry) -> None:
         self.add(path, entry)

@@ -184,6 +184,19 @@ class Index:
                 found[row[1]] = (row[0], _entry(row[1:]))
         return found
 
+    def contains_many(self, store_ids: list[bytes]) -> set[bytes]:
+        """The store ids of `store_ids` the index holds, in a few queries (a put of many
+        chunks would otherwise spend a query on each)."""
+        found: set[bytes] = set()
+        db = self._reader()
+        for at in range(0, len(store_ids), _LOOKUP_BATCH):
+            part = store_ids[at : at + _LOOKUP_BATCH]
+            rows = db.execute(
+                f"SELECT store_id FROM blobs WHERE store_id IN ({','.join('?' * len(part))})", part
+            )
+            found.update(row[0] for row in rows)
+        return found
+
     def contains(self, store_id: bytes) -> bool:
         return (
             self._reader().execute("SELECT 1 FROM blobs WHERE store_id = ?", (store_id,)).fetchone()

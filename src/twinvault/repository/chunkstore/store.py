@@ -233,6 +233,21 @@ class ChunkStore:
         flags, payload = self.codec.encode(store_id, data)
         return self._append(store_id, digest, len(data), flags, payload)
 
+    def put_many(self, chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        """`put` of many chunks given plain, with one index look-up for all of them; returns
+        how many were new. Durable after `commit`."""
+        ids = [self.codec.store_id(checked_digest(digest)) for digest, _ in chunks]
+        indexed = self.index.contains_many(ids)
+        added = 0
+        for (digest, data), store_id in zip(chunks, ids, strict=True):
+            if self._dedup_hit(store_id, store_id in indexed):
+                continue
+            if digest_of(data) != digest:
+                raise TwinvaultError(errors.CHUNK_CORRUPT, f"put: data does not hash to {digest.hex()}")
+            flags, payload = self.codec.encode(store_id, data)
+            added += self._append(store_id, digest, len(data), flags, payload)
+        return added
+
     def put_compressed(
         self, digest: bytes, raw_length: int, frame: bytes, plain: bytes | None = None
     ) -> bool:
@@ -254,8 +269,11 @@ class ChunkStore:
         flags, payload = self.codec.encode_frame(store_id, frame)
         return self._append(store_id, digest, raw_length, flags, payload)
 
-    def _dedup_hit(self, store_id: bytes) -> bool:
-        indexed = self.index.contains(store_id)
+    def _dedup_hit(self, store_id: bytes, indexed: bool | None = None) -> bool:
+        """Stored already (pending in the open pack, or indexed and not collected);
+        `indexed` when the caller has looked the index up already."""
+        if indexed is None:
+            indexed = self.index.contains(store_id)
         with self._writer.lock:
             found = self._writer.pending_locked(store_id) is not None or (
                 indexed and store_id not in self._gc.dead
