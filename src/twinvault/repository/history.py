@@ -382,9 +382,10 @@ def apply_record(catalog: Catalog, rec: list[Any]) -> None:
 # A recorder's queue holds at most about this many chunk bytes; the applier waits beyond it.
 RECORD_QUEUE_BYTES: Final = 32 * 1024 * 1024
 
-# What the applier hands its recorder: a new chunk (digest, data), or a step to run in
-# order on the recorder's thread (a record, a pin, the end of a file).
-_Task = tuple[bytes, bytes] | Callable[[], None]
+# What the applier hands its recorder: a new chunk (digest, data), a new chunk that
+# arrived compressed (digest, zstd frame, data), or a step to run in order on the
+# recorder's thread (a record, a pin, the end of a file).
+_Task = tuple[bytes, bytes] | tuple[bytes, bytes, bytes] | Callable[[], None]
 
 
 class Recorder:
@@ -428,14 +429,8 @@ class Recorder:
 
     def chunk_frame(self, digest: bytes, frame: bytes, data: bytes) -> None:
         """A chunk that arrived compressed: its zstd frame is stored as it is (``data``
-        is that frame decompressed, hashed by the store before it files the frame), in
-        order on the recorder's thread like any other chunk."""
-
-        def store_frame() -> None:
-            self._pin(digest)
-            self._store.put_compressed(digest, len(data), frame, plain=data)
-
-        self._submit(store_frame, len(frame) + len(data))
+        is that frame decompressed, hashed by the store before it files the frame)."""
+        self._submit((digest, frame, data), len(frame) + len(data))
 
     def ensure_chunk(self, digest: bytes, read: Callable[[], bytes]) -> None:
         """A chunk the op reused from the live image: stored already, unless the image
@@ -550,11 +545,18 @@ class Recorder:
 
     def _do(self, tasks: list[_Task]) -> None:
         """Store the chunks of ``tasks`` (a record only needs its chunks stored before it,
-        so all of them go first, in one batch), then run the rest in order."""
-        chunks = [t for t in tasks if isinstance(t, tuple)]
-        if chunks:
+        so all of them go first, in one batch), then run the rest in order. Frames go
+        before plain chunks: the same chunk can come plain too in one batch (a reference
+        to it read back by `ensure_chunk` before its frame was stored), and the frame as
+        it came is what the store keeps."""
+        frames = [t for t in tasks if isinstance(t, tuple) and len(t) == 3]
+        chunks = [t for t in tasks if isinstance(t, tuple) and len(t) == 2]
+        if frames or chunks:
             with self.lock:
-                self.pinned.update(digest for digest, _ in chunks)
+                self.pinned.update(t[0] for t in frames)
+                self.pinned.update(t[0] for t in chunks)
+            for digest, frame, data in frames:
+                self._store.put_compressed(digest, len(data), frame, plain=data)
             self._store.put_many(chunks)
         with self.lock:
             for task in tasks:
