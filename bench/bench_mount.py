@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import blake3
+from daemon_profile import profiled
 from harness import bench_dir, code_note, drop_caches, figure, image_path, mb, ratio, row, testbed
 
 from twinvault import fsmeta
@@ -66,7 +67,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def throughput_figure(base: Path, big_mib: int, rounds: int) -> None:
+def throughput_figure(base: Path, big_mib: int, rounds: int, profile: str | None = None) -> None:
     src = base / "src"
     src.mkdir(parents=True)
     big = src / "big.bin"
@@ -88,7 +89,8 @@ def throughput_figure(base: Path, big_mib: int, rounds: int) -> None:
             mounted = Path(image_path(str(mnt), str(big)))
             samples, references = [], []
             for k in range(rounds):  # alternating: both sides see the same load drift
-                samples.append(timed_cat(mounted, pid))
+                with profiled({"mount": pid}, profile if k == 0 else None, "sequential-read"):
+                    samples.append(timed_cat(mounted, pid))
                 references.append(timed_cat(live_file)[0])
                 print(
                     f"  round {k + 1}: mount {mb(size) / samples[-1][0]:.0f} MB/s"
@@ -221,6 +223,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=10, help="first-byte samples per instant")
     parser.add_argument("--only", choices=["throughput", "first-byte"])
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", metavar="DIR", help="record the mount process's first read with py-spy")
     args = parser.parse_args()
     print(f"bench_mount: cpus={os.cpu_count()} python={sys.version.split()[0]}; caches dropped before timing")
     print(code_note())
@@ -228,7 +231,7 @@ def main() -> int:
     with bench_dir(args.keep) as base:
         if args.only in (None, "throughput"):
             print(f"(1) sequential read of a {args.big_mib} MiB file through a mount")
-            throughput_figure(base / "throughput", args.big_mib, args.rounds)
+            throughput_figure(base / "throughput", args.big_mib, args.rounds, args.profile)
         if args.only in (None, "first-byte"):
             print(f"(2) first byte at an instant of a {args.files}-file image")
             first_byte_figure(base / "first-byte", args.files, args.instants, args.samples)

@@ -47,6 +47,7 @@ def profiled(pids: dict[str, int], out_dir: str | None, label: str, top: int = 1
                     "--pid",
                     str(pid),
                     "--nonblocking",
+                    *(["--idle", "--threads"] if os.environ.get("TV_PROFILE_IDLE") else []),
                     "--rate",
                     "50",
                     "--format",

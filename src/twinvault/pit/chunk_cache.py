@@ -72,6 +72,10 @@ class ChunkCache:
         # the next request tries again (a backend may be back).
         self._failed: dict[bytes, Exception] = {}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chunk-fetch")
+        # Advice has its own thread: queued behind the fetches it is meant to precede, it
+        # came too late to matter (a cold 1 GiB read through two fetch threads: 360 MB/s
+        # with the advice in their pool, 806 MB/s with it on its own thread).
+        self._adviser = ThreadPoolExecutor(1, thread_name_prefix="chunk-advise")
 
     def cached(self, digest: bytes) -> Span | None:
         """The chunk if it is cached; raises what its last fetch failed with, if it did."""
@@ -85,9 +89,10 @@ class ChunkCache:
             raise failure
         return None
 
-    def request(self, pieces: Iterable[Piece]) -> list[Future[None]]:
+    def request(self, pieces: Iterable[Piece], *, ahead: bool = False) -> list[Future[None]]:
         """Start fetching the data pieces not cached nor in flight; the futures to wait
-        for before all of `pieces` are cached or failed (see `cached`)."""
+        for before all of `pieces` are cached or failed (see `cached`). Pieces read
+        `ahead` are also handed to the store's `advise` at once, on a thread of its own."""
         waits: dict[int, Future[None]] = {}
         batch: list[bytes] = []
         batches: list[list[bytes]] = []
@@ -110,10 +115,10 @@ class ChunkCache:
                     batch, size = [], 0
             if batch:
                 batches.append(batch)
-            if len(batches) > 1:
-                # Several batches (a read-ahead window): the disk starts on all of them
-                # now, not on each only when a thread takes it up.
-                self._pool.submit(self._advise, [d for b in batches for d in b])
+            if batches and (ahead or len(batches) > 1):
+                # Read-ahead (or several batches): the disk starts on all of it now, with
+                # its whole queue depth, not blob by blob when a fetch thread gets to it.
+                self._adviser.submit(self._advise, [d for b in batches for d in b])
             for batch in batches:
                 self._submit_locked(batch, waits)
         return list(waits.values())
@@ -163,6 +168,7 @@ class ChunkCache:
                 self._bytes -= len(old.data)
 
     def close(self) -> None:
+        self._adviser.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

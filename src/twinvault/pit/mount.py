@@ -146,7 +146,7 @@ class PointInTimeFs(pyfuse3.Operations):
         needed, ahead = file.plan(off, size)
         for _ in range(_READ_RETRIES):
             waits = self.cache.request(needed)
-            self.cache.request(ahead)  # queued behind what this read needs
+            self.cache.request(ahead, ahead=True)  # queued behind what this read needs
             ahead = []
             for future in waits:
                 await _finished(future)
