@@ -48,6 +48,7 @@ def profiled(pids: dict[str, int], out_dir: str | None, label: str, top: int = 1
                     str(pid),
                     "--nonblocking",
                     *(["--idle", "--threads"] if os.environ.get("TV_PROFILE_IDLE") else []),
+                    *(["--gil", "--threads"] if os.environ.get("TV_PROFILE_GIL") else []),
                     "--rate",
                     "50",
                     "--format",

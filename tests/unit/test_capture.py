@@ -240,6 +240,27 @@ async def test_moving_out_of_the_selection_reports_deleted_and_stops_reporting_i
     bed.assert_only_inside()
 
 
+async def test_a_busy_directory_outside_moved_in_is_reported_from_then_on(bed: Bed) -> None:
+    """fanotify drops events about files of directories outside every root unparsed
+    (another process writing there, a repository on the same disk, costs the source next
+    to nothing); a directory rename must end that, or a tree moved in would go unseen."""
+    deep = os.path.join(bed.outside, "tree", "deep")
+    os.makedirs(deep)
+    await bed.start()
+    for i in range(50):
+        _write(os.path.join(deep, f"noise{i}"))
+    _write(bed.at("sentinel"))
+    await bed.expect(Change(CHANGED, bed.at("sentinel")))
+    await bed.settle()
+    if isinstance(bed.capture, FanotifyCapture):
+        assert bed.capture._unrelated, "events outside the roots were not recognised as such"
+    os.rename(os.path.join(bed.outside, "tree"), bed.at("tree"))
+    await bed.expect(Change(CHANGED, bed.at("tree"), is_dir=True))
+    _write(bed.at("tree", "deep", "noise1"), b"now inside")
+    await bed.expect(Change(CHANGED, bed.at("tree", "deep", "noise1")))
+    bed.assert_only_inside()
+
+
 async def test_changes_outside_the_roots_are_not_reported(bed: Bed) -> None:
     sibling = str(bed.base / "sel2")  # shares the root's name as a prefix
     await bed.start()

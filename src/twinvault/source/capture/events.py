@@ -99,6 +99,14 @@ class CaptureScope:
             (real, _as_prefix(real), _as_prefix(kept[real]), kept[real]) for real in self.real_roots
         )
 
+    def unrelated(self, directory: str) -> bool:
+        """True if the canonical `directory` (ending in "/") is neither at or under a root
+        nor above one: no entry of it is ever reported."""
+        for _, real_prefix, _, _ in self._matchers:
+            if directory.startswith(real_prefix) or real_prefix.startswith(directory):
+                return False
+        return True
+
     def report(self, path: str) -> str | None:
         """Return canonical `path` as the caller spells it if it is at or under a root, else None."""
         for real, real_prefix, given_prefix, given in self._matchers:
