@@ -92,13 +92,27 @@ class FrameInvalid(ValueError):
     """A zstd frame that does not decode to the length it claims."""
 
 
-def decompress_frame(frame: bytes | memoryview, raw_len: int) -> bytes:
-    """The plain bytes of one zstd frame that must hold exactly ``raw_len`` bytes."""
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (a zstd context serves one thread at a time)."""
     d: zstandard.ZstdDecompressor | None = getattr(_decompressors, "d", None)
     if d is None:
         d = _decompressors.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def decompress_whole(frame: bytes | memoryview) -> bytes:
+    """The plain bytes of one zstd frame that records its own size (a store's object)."""
     try:
-        out: bytes = d.decompress(frame, max_output_size=max(raw_len, 1))
+        out: bytes = _decompressor().decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise FrameInvalid(f"zstd: {exc}") from None
+    return out
+
+
+def decompress_frame(frame: bytes | memoryview, raw_len: int) -> bytes:
+    """The plain bytes of one zstd frame that must hold exactly ``raw_len`` bytes."""
+    try:
+        out: bytes = _decompressor().decompress(frame, max_output_size=max(raw_len, 1))
     except zstandard.ZstdError as exc:
         raise FrameInvalid(f"zstd: {exc}") from None
     if len(out) != raw_len:

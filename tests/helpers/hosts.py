@@ -96,6 +96,9 @@ class PortTaken(Exception):
     pass
 
 
+LEAKED_TASK = "Task was destroyed but it is pending"
+
+
 @dataclass
 class TestHost:
     __test__ = False  # not a pytest test class
@@ -154,6 +157,14 @@ class TestHost:
         if self.process is not None:
             stop_child(self.process, timeout=15)
             self.process = None
+
+    def assert_no_leaked_tasks(self) -> None:
+        """A task left pending and then destroyed (a waiter nobody cancelled) is a leak
+        asyncio only reports in the log: fail the test that caused it."""
+        log = self.home / "serve.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        at = text.find(LEAKED_TASK)
+        assert at < 0, f"{self.name}: {text[at : at + 600]}"
 
     def kill9(self) -> None:
         if self.process is not None:
@@ -216,6 +227,8 @@ def running_hosts(
     finally:
         for h in hosts:
             h.stop()
+    for h in hosts:
+        h.assert_no_leaked_tasks()
 
 
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.1, what: str = "condition") -> Any:

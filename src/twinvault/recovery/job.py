@@ -221,9 +221,7 @@ class RecoveryJob:
         try:
             async for seq, frame, payload, wire_payload in frames:
                 while sum(self._sizes.values()) > MAX_UNACKED_BYTES and not receiver.done():
-                    self._acked.clear()
-                    await asyncio.wait({receiver, asyncio.ensure_future(self._acked.wait())}, timeout=5,
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    await self._ack_or_end(receiver, timeout=5)
                 if receiver.done():
                     receiver.result()
                     raise ConnectionError("the recovery server closed the link")
@@ -237,13 +235,8 @@ class RecoveryJob:
             await link.send([m.MARK, final, RECOVERY_COMPLETE_MARK])
             await link.flush()
             while self.progress.acked_seq < final:
-                self._acked.clear()
-                done, _ = await asyncio.wait(
-                    {receiver, asyncio.ensure_future(self._acked.wait())},
-                    timeout=30,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if receiver in done:
+                await self._ack_or_end(receiver, timeout=30)
+                if receiver.done():
                     receiver.result()
                     raise ConnectionError("the recovery server closed the link")
             self.progress.status = "Idle"
@@ -256,6 +249,17 @@ class RecoveryJob:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await receiver
             await frames.aclose()  # stops the reading thread; its catalog closes there
+
+    async def _ack_or_end(self, receiver: asyncio.Task[None], *, timeout: float) -> None:
+        """Wait for the next acknowledgement, the end of the link or `timeout`; the waiter
+        is cancelled on the way out, not left pending behind (destroyed later with the
+        loop's complaint in the log)."""
+        self._acked.clear()
+        acked = asyncio.ensure_future(self._acked.wait())
+        try:
+            await asyncio.wait({receiver, acked}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            acked.cancel()
 
     async def _receive(self, link: Link) -> None:
         while True:

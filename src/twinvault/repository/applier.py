@@ -167,7 +167,8 @@ class Applier:
         if messages and self._batching == 1:
             self._ahead.start(messages)
         try:
-            yield
+            with self.recorder.holding() if self.recorder is not None else contextlib.nullcontext():
+                yield
         finally:
             self._batching -= 1
             if not self._batching:

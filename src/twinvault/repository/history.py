@@ -13,11 +13,12 @@ repository, so every op has its own instant and "the image at T" is never ambigu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -381,6 +382,10 @@ def apply_record(catalog: Catalog, rec: list[Any]) -> None:
 
 # A recorder's queue holds at most about this many chunk bytes; the applier waits beyond it.
 RECORD_QUEUE_BYTES: Final = 32 * 1024 * 1024
+# While the applier works through a batch (``Recorder.holding``), the recorder's thread is
+# woken once this many tasks wait, not for each: a wake-up per op was a pair of context
+# switches per small file, and this machine is CPU-bound in the kernel on a mirror.
+WAKE_TASKS: Final = 64
 
 # What the applier hands its recorder: a new chunk (digest, data), a new chunk that
 # arrived compressed (digest, zstd frame, data), or a step to run in order on the
@@ -419,6 +424,7 @@ class Recorder:
         self._done = 0
         self._error: TwinvaultError | None = None
         self._stopping = False
+        self._holding = 0
         self._thread = threading.Thread(target=self._run, name=f"history-{job}", daemon=True)
         self._thread.start()
 
@@ -477,9 +483,24 @@ class Recorder:
         """The link ended: the range valid for recovery ends after what was recorded."""
         self.history.job_bad(self.image, self.job)
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Within: queued tasks wake the recorder's thread `WAKE_TASKS` at a time; on the
+        way out, whatever waits is handed over."""
+        with self._changed:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._holding -= 1
+                if self._queue:
+                    self._changed.notify_all()
+
     def _submit(self, task: _Task, size: int = 0) -> None:
         with self._changed:
             while self._queued_bytes > RECORD_QUEUE_BYTES and self._error is None and not self._stopping:
+                self._changed.notify_all()  # a held queue: the recorder may not know yet
                 self._changed.wait()
             if self._error is not None:
                 raise self._error
@@ -489,13 +510,16 @@ class Recorder:
             self._sizes.append(size)
             self._queued_bytes += size
             self._submitted += 1
-            self._changed.notify_all()
+            if not self._holding or len(self._queue) >= WAKE_TASKS:
+                self._changed.notify_all()
 
     def wait_recorded(self, *, check: bool = True) -> None:
         """Return once everything queued so far is stored and journalled; with ``check``,
         raise what stopped the recorder's thread (its session must not acknowledge)."""
         with self._changed:
             target = self._submitted
+            if self._done < target:
+                self._changed.notify_all()  # a held queue: the recorder may not know yet
             while self._done < target and self._error is None:
                 self._changed.wait()
             if check and self._error is not None:

@@ -445,6 +445,7 @@ class ProtectionJob:
         receiver = asyncio.create_task(self._receive(link))
         sender = asyncio.create_task(self._send_status(link))
         self._link_tasks = (receiver, sender)
+        remirror: asyncio.Task[Any] | None = None
         try:
             if handover:
                 if self.mirror.complete:
@@ -468,12 +469,13 @@ class ProtectionJob:
                     self._checksum_next = False
                     await self._run_mirror(link, checksum=checksum)
                     continue
-                remirror.cancel()
                 for task in done:
                     task.result()  # raises the reason the link ended
                 return
         finally:
-            for task in (receiver, sender):
+            # Cancelled too when the session itself is (job stop): a pending wait left
+            # behind is destroyed with the loop's complaint in the log.
+            for task in (receiver, sender, *([remirror] if remirror is not None else [])):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task

@@ -14,14 +14,12 @@ zstd contexts are not thread-safe: each thread gets its own compressor and decom
 from __future__ import annotations
 
 import struct
-import threading
 from typing import Final
 
 import blake3
-import zstandard
 from cryptography.exceptions import InvalidTag
 
-from twinvault.compression import ChunkCompressor, FrameInvalid, decompress_frame
+from twinvault.compression import ChunkCompressor, FrameInvalid, decompress_frame, decompress_whole
 from twinvault.repository.chunkstore.keys import StoreKeys
 from twinvault.repository.chunkstore.pack import FLAG_COMPRESSED, FLAG_ENCRYPTED
 
@@ -46,13 +44,6 @@ class BlobCodec:
         self.keys = keys
         self.encrypted = keys is not None
         self._chunks = ChunkCompressor(level)
-        self._local = threading.local()
-
-    def _decompressor(self) -> zstandard.ZstdDecompressor:
-        d: zstandard.ZstdDecompressor | None = getattr(self._local, "d", None)
-        if d is None:
-            d = self._local.d = zstandard.ZstdDecompressor()
-        return d
 
     def store_id(self, digest: bytes) -> bytes:
         if self.keys is None:
@@ -152,9 +143,9 @@ class BlobCodec:
             raise BlobInvalid("object is not encrypted in an encrypted store")
         if flags & FLAG_COMPRESSED:
             try:
-                payload = self._decompressor().decompress(payload)
-            except zstandard.ZstdError as exc:
-                raise BlobInvalid(f"zstd: {exc}") from None
+                payload = decompress_whole(payload)
+            except FrameInvalid as exc:
+                raise BlobInvalid(str(exc)) from None
         return payload
 
 
