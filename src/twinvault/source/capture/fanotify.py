@@ -284,19 +284,22 @@ class FanotifyCapture:
                 raise RuntimeError(f"fanotify metadata version {version} is not {FANOTIFY_METADATA_VERSION}")
             if mask & FAN_Q_OVERFLOW:
                 self._overflow(out)
-            elif (
-                self._unrelated
-                and not mask & _KEEPS_CACHES
-                and _dir_key(data, offset + meta_len, offset + event_len) in self._unrelated
-            ):
-                pass  # a file in a directory outside every root
-            else:
+            elif not self._about_unrelated_file(data, offset + meta_len, offset + event_len, mask):
                 event = _parse_records(data, offset + meta_len, offset + event_len, mask)
                 if not self._apply(event, out, final=False):
                     self._unresolved.append((self._round, event))
             offset += event_len
         if len(self._unresolved) > MAX_UNRESOLVED:
             self._overflow(out)
+
+    def _about_unrelated_file(self, data: bytes, offset: int, end: int, mask: int) -> bool:
+        """Whether the event (its info records at data[offset:end]) is about a file of a
+        directory known to be outside every root: dropped unparsed, it can never be reported."""
+        return (
+            bool(self._unrelated)
+            and not mask & _KEEPS_CACHES
+            and _dir_key(data, offset, end) in self._unrelated
+        )
 
     def _settle(self, out: list[Change]) -> None:
         """At the end of the queue: retry unresolved events; after one grace period, give up."""
