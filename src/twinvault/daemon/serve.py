@@ -12,6 +12,7 @@ from aiohttp import web
 from twinvault.api.server import build_app
 from twinvault.daemon.config import Home
 from twinvault.daemon.host import Host
+from twinvault.memory import keep_freed_memory
 from twinvault.ops import errors
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
@@ -63,4 +64,5 @@ async def serve(home: Home) -> None:
 
 def run(home: Home) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     asyncio.run(serve(home))

@@ -32,6 +32,7 @@ from twinvault import fsmeta
 from twinvault.compression import FrameInvalid, decompress_frame
 from twinvault.ops import events as ev
 from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
+from twinvault.pagecache import DropBehind
 from twinvault.protocol import messages as m
 from twinvault.repository.file_ahead import FilesAhead, PreparedFile, pwrite_all
 from twinvault.repository.image_index import ChunkPiece, ImageIndex, unpack_pieces
@@ -46,6 +47,9 @@ Emit = Callable[..., Any]
 # A compressed segment claiming more than this is refused before anything is allocated
 # (chunks are at most a few hundred KiB; a frame's data is bounded by MAX_FRAME_BYTES).
 MAX_CHUNK_BYTES = 32 << 20
+# A file this large is streamed out of the page cache as it is written (``pagecache``):
+# a whole-server mirror would otherwise push everything else out of the cache.
+DROP_BEHIND_SIZE = 16 << 20
 
 
 class Stopped(Exception):
@@ -84,6 +88,7 @@ class _FileTransfer:
     data_end: int = 0  # end of the last bytes actually written (holes do not extend a file)
     body_done: bool = False  # a whole file's frame is written: a retry only redoes its end
     prepared: bool = False  # written and stamped ahead (file_ahead): only the link is left
+    behind: DropBehind | None = None  # a large file leaves the page cache as it is written
 
 
 _FILE_KINDS = frozenset({m.FILE, m.FBEGIN, m.FDATA, m.FEND})
@@ -464,6 +469,8 @@ class Applier:
             # Read-write: history reads back reused chunks an old image never stored.
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         self._xfer = _FileTransfer(seq, path, size, base, dir_fd, name, temp, fd)
+        if size >= DROP_BEHIND_SIZE:
+            self._xfer.behind = DropBehind(fd)
 
     def _file_prepared(self, seq: int, msg: list[Any], prepared: PreparedFile) -> None:
         """Take over a file written ahead: what is left is history and the link."""
@@ -543,6 +550,8 @@ class Applier:
                 raise TwinvaultError(-1007, f"unknown segment tag {tag!r}")
         # Only advance once the whole frame is written: a retry rewrites it at the same offsets.
         x.offset = offset
+        if x.behind is not None:
+            x.behind.advance(offset)
         if pieces:
             x.data_end = max(x.data_end, pieces[-1].offset + pieces[-1].length)
         x.pieces.extend(pieces)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import blake3
 from pyfastcdc.cy import FastCDC
 
-from twinvault import fsmeta
+from twinvault import fsmeta, pagecache
 
 AVERAGE_CHUNK = 64 * 1024
 SMALL_FILE = 64 * 1024  # at or below this a file is one chunk, read in one call
@@ -29,9 +29,14 @@ def might_be_sparse(st: os.stat_result) -> bool:
     return st.st_blocks * 512 < st.st_size
 
 
-def iter_pieces(fd: int, size: int, *, sparse: bool = False) -> Iterator[Piece]:
+def iter_pieces(fd: int, size: int, *, sparse: bool = False, drop_behind: bool = False) -> Iterator[Piece]:
+    """The file's chunks and holes in order. With ``drop_behind`` the pages read leave
+    the page cache as soon as they are cut (``pagecache``: for a file that was not
+    cached before this read)."""
     if size <= SMALL_FILE and not sparse:
         data = os.pread(fd, size, 0) if size else b""
+        if drop_behind:
+            pagecache.drop(fd, 0, 0)
         if data:
             yield blake3.blake3(data).digest(), memoryview(data)
         return
@@ -39,13 +44,13 @@ def iter_pieces(fd: int, size: int, *, sparse: bool = False) -> Iterator[Piece]:
     for start, length in fsmeta.data_extents(fd, size):
         if start > position:
             yield None, start - position
-        yield from _extent_chunks(fd, start, length)
+        yield from _extent_chunks(fd, start, length, drop_behind)
         position = start + length
     if position < size:
         yield None, size - position
 
 
-def _extent_chunks(fd: int, start: int, length: int) -> Iterator[Piece]:
+def _extent_chunks(fd: int, start: int, length: int, drop_behind: bool) -> Iterator[Piece]:
     # The last chunk of a window is cut by the window, not by content, so the next
     # window starts where that chunk began and cuts it again. Reading those bytes twice
     # (at most a maximum chunk per window, from the page cache) beats joining them to
@@ -67,7 +72,11 @@ def _extent_chunks(fd: int, start: int, length: int) -> Iterator[Piece]:
         for chunk in chunks:
             piece = view[chunk.offset : chunk.offset + chunk.length]
             yield blake3.blake3(piece).digest(), piece
+        done = offset
         offset += chunks[-1].offset + chunks[-1].length
+        if drop_behind:
+            # Up to where the next window starts: the bytes it reads again stay cached.
+            pagecache.drop(fd, done, offset - done)
         if at_end:
             return
 
@@ -80,7 +89,8 @@ def file_digests(path: str) -> tuple[bytes, int]:
         size = st.st_size
         out: list[bytes] = []
         read = 0
-        for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st)):
+        cold = size > 0 and not pagecache.first_page_cached(fd)
+        for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st), drop_behind=cold):
             if digest is not None:
                 out.append(digest)
                 read += len(data)  # type: ignore[arg-type]

@@ -147,6 +147,7 @@ class ProtectionJob:
         self.stream = self._restore_stream()
         self.view = RemoteView()
         self.reader = Reader(self.selection, self.view, self.stream, self._mark_again, self._on_mark)
+        self.reader.wait_for_room = self._wait_for_room
         self.reader.compression = compressor_for(spec.compression)
         self.mirror = MirrorState()
         self.replication_status = "Pending"
@@ -302,14 +303,25 @@ class ProtectionJob:
 
     # -- reader thread ------------------------------------------------------------
 
+    def _queue_full(self) -> bool:
+        return self.connected and self.queue.memory_bytes > min(
+            self.queue.limits.memory_max_bytes // 2, READ_AHEAD_BYTES
+        )
+
+    def _wait_for_room(self) -> None:
+        """Between the frames of one large file: while the link drains the queue, wait
+        instead of spilling the file to the disk queue (a 2 GiB file read faster than it
+        travels was written to the source's disk and read back once more). Unconnected,
+        the queue is the only place the frames can go: it spills, as designed."""
+        while self._queue_full() and not self._stopping.is_set():
+            time.sleep(0.002)
+
     def _reader_loop(self) -> None:
         while not self._stopping.is_set():
             # Back-pressure while connected: coalescing in the change set beats queueing
             # stale versions, and a mirror must not pile its bytes up in memory. A few
             # sender batches ahead keep the link busy; more only costs memory.
-            if self.connected and self.queue.memory_bytes > min(
-                self.queue.limits.memory_max_bytes // 2, READ_AHEAD_BYTES
-            ):
+            if self._queue_full():
                 time.sleep(0.005)
                 continue
             items = self.changes.take(256, 0.2)

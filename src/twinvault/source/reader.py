@@ -22,7 +22,7 @@ from typing import Any
 
 import blake3
 
-from twinvault import fsmeta
+from twinvault import fsmeta, pagecache
 from twinvault.compression import ChunkCompressor
 from twinvault.protocol import messages as m
 from twinvault.source.changeset import Barrier, Dirty, Item
@@ -70,6 +70,9 @@ class Reader:
         # several reads at once far faster than one after another.
         self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
         self._prefetched: dict[str, tuple[os.stat_result, bytes]] = {}
+        # Called between the frames of a large file: holds the reader back while the
+        # queue is full and the link is draining it (set by the job).
+        self.wait_for_room: Callable[[], None] = lambda: None
         # Changed paths that were gone when read: a rename of a directory above them may
         # still be on its way (its barrier queued behind them); it brings them back.
         self._vanished: set[str] = set()
@@ -214,7 +217,8 @@ class Reader:
                 log.warning("cannot open %s: %s", path, exc.strerror)
                 return
             try:
-                digests = self._send_body(path, fd, st, meta, old, replication)
+                cold = meta.size > 0 and not pagecache.first_page_cached(fd)
+                digests = self._send_body(path, fd, st, meta, old, replication, cold=cold)
                 after = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -300,7 +304,11 @@ class Reader:
         old: RemoteEntry | None,
         replication: bool,
         data: bytes | None = None,
+        *,
+        cold: bool = False,
     ) -> bytes:
+        """Send the file's content (``data`` when read ahead, else read from ``fd``);
+        ``cold``: it was not in the page cache, and leaves it as it is read."""
         full = path in self.view.full_resend
         old_digests = old.digests if (old is not None and old.kind == "file" and not full) else b""
         base = blake3.blake3(old_digests).digest() if old_digests else b""
@@ -313,7 +321,7 @@ class Reader:
                 self.counters.bytes_read += len(data)
             size = len(data)
         if data is None and size <= SMALL_FILE and not might_be_sparse(st):
-            for digest, chunk in iter_pieces(fd, size):
+            for digest, chunk in iter_pieces(fd, size, drop_behind=cold):
                 if digest is not None:
                     planner.add_chunk(digest, chunk)  # type: ignore[arg-type]
                     self.counters.bytes_read += len(chunk)  # type: ignore[arg-type]
@@ -329,7 +337,7 @@ class Reader:
             )
             return planner.digests()
         self.stream.emit(m.FBEGIN, [wpath, size, base], replication=replication)
-        for digest, piece in iter_pieces(fd, size, sparse=might_be_sparse(st)):
+        for digest, piece in iter_pieces(fd, size, sparse=might_be_sparse(st), drop_behind=cold):
             if digest is None:
                 planner.add_hole(piece)  # type: ignore[arg-type]
                 continue
@@ -338,6 +346,7 @@ class Reader:
             if planner.pending_payload >= FRAME_PAYLOAD:
                 segments = planner.flush()
                 self._emit_data(planner, segments, replication)
+                self.wait_for_room()
         segments = planner.flush()
         if segments:
             self._emit_data(planner, segments, replication)
@@ -452,8 +461,11 @@ def _read_small(path: str) -> tuple[os.stat_result, bytes] | None:
     except OSError:
         return None
     try:
+        cold = st.st_size > 0 and not pagecache.first_page_cached(fd)
         data = os.pread(fd, st.st_size, 0) if st.st_size else b""
         after = os.fstat(fd)
+        if cold:
+            pagecache.drop(fd, 0, 0)  # brought in by this read only: give the pages back
     except OSError:
         return None
     finally:

@@ -16,7 +16,6 @@ blobs, which recovery verifies and keeps or cuts; a kill while sealing leaves th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ from collections.abc import Callable
 
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
+from twinvault.pagecache import DropBehind
 from twinvault.repository.chunkstore import index as ix
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.layout import StateDir, new_pack_id
@@ -34,20 +34,10 @@ from twinvault.repository.chunkstore.pack import BlobEntry, Seal, blob_header, e
 log = logging.getLogger(__name__)
 
 # Start writeback of every this many appended bytes, so a commit's fdatasync finds little
-# left to flush and the disk works while puts go on (RocksDB's bytes_per_sync).
+# left to flush and the disk works while puts go on (RocksDB's bytes_per_sync); the step
+# before is dropped from the page cache then (``pagecache``: a pack is read rarely, and
+# its pages are better spent as the next ones).
 WRITEBACK_STEP = 1 << 20
-_SYNC_FILE_RANGE_WRITE = 2
-_libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range out, without waiting (sync_file_range(2));
-    only a head start for fdatasync, which remains the durability point."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def write_at(fd: int, parts: list[bytes], offset: int) -> None:
@@ -76,7 +66,8 @@ class OpenPack:
             os.close(self.fd)
             self.path.unlink(missing_ok=True)
             raise
-        self.size = self.written_back = len(header)
+        self.size = len(header)
+        self._behind = DropBehind(self.fd, len(header), WRITEBACK_STEP)
         self.entries: list[BlobEntry] = []
         self.uncommitted: list[BlobEntry] = []
         self.row_id: int | None = None
@@ -97,9 +88,7 @@ class OpenPack:
         self.size = entry.end
         self.entries.append(entry)
         self.uncommitted.append(entry)
-        if self.size - self.written_back >= WRITEBACK_STEP:
-            start_writeback(self.fd, self.written_back, self.size - self.written_back)
-            self.written_back = self.size
+        self._behind.advance(self.size)
         return entry
 
     def take_uncommitted(self) -> list[BlobEntry]:
