@@ -12,6 +12,8 @@ So the streams release what they are done with, as RocksDB and PostgreSQL do:
 - writers (packs, large image files) start writeback of each step as it fills and,
   one step later, wait for it and drop it (``DropBehind``): the cache holds about two
   steps of each stream, and the pages freed are the next step's;
+- the repository's small image files are dropped after the group commit that made them
+  durable (``release_written``: clean by then, so the drop is immediate);
 - readers drop the pages a read brought in, and only those: a file that was already
   cached when the read began (``first_page_cached``) belongs to someone's working set
   and stays.
@@ -123,3 +125,11 @@ class DropBehind:
             drop(self._fd, self._dropped, self._started - self._dropped)
             self._dropped = self._started
         self._started = end
+
+
+def release_written(fds: list[int]) -> None:
+    """Files written and since made durable (a sync returned after their writes): drop
+    their pages and close them. Their pages are clean now, so they really go."""
+    for fd in fds:
+        drop(fd, 0, 0)
+        os.close(fd)

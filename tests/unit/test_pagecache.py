@@ -131,5 +131,73 @@ def test_the_reader_waits_for_room_between_the_frames_of_a_large_file(tmp_path: 
         job.close()
 
 
+def protected_files(tmp_path: Path, count: int, size: int, *, hold: bool) -> tuple[Path, Protection]:
+    """``count`` files of ``size`` random bytes, mirrored by an in-process job whose
+    applier holds written files for a commit (as a receiver's session sets it) or not."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(count):
+        write(str(src / f"f{i}"), random_bytes(size, i))
+    job = Protection(tmp_path / "job", [str(src)])
+    job.applier.hold_written = hold
+    job.mirror()
+    return src, job
+
+
+def test_image_files_leave_the_cache_after_the_commit_that_made_them_durable(tmp_path: Path) -> None:
+    src, job = protected_files(tmp_path, 40, 30_000, hold=True)
+    try:
+        written = job.applier.take_written()
+        assert len(written) == 40 and job.applier.take_written() == []
+        os.sync()  # the group commit's syncfs
+        pagecache.release_written(written)
+        for i in range(40):
+            fd = os.open(job.image_path(str(src / f"f{i}")), os.O_RDONLY)
+            try:
+                assert not cached(fd, 0)
+                assert os.pread(fd, 30_000, 0) == random_bytes(30_000, i)
+            finally:
+                os.close(fd)
+    finally:
+        job.close()
+
+
+def test_an_applier_nobody_commits_closes_each_file_at_once(tmp_path: Path) -> None:
+    _, job = protected_files(tmp_path, 10, 1000, hold=False)
+    try:
+        assert job.applier.take_written() == []
+    finally:
+        job.close()
+
+
+def test_without_commits_written_files_are_closed_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twinvault.repository import applier
+
+    monkeypatch.setattr(applier, "WRITTEN_KEPT", 8)
+    src, job = protected_files(tmp_path, 30, 1000, hold=True)
+    try:
+        image = os.fsdecode(job.image_path(str(src)))
+        inodes = {os.stat(os.path.join(image, f"f{i}")).st_ino for i in range(30)}
+        assert len([fd for fd in _open_fds() if _inode(fd) in inodes]) == 8
+        held = job.applier.take_written()
+        assert len(held) == 8
+        pagecache.release_written(held)
+    finally:
+        job.close()
+
+
+def _open_fds() -> list[int]:
+    return [int(fd) for fd in os.listdir("/proc/self/fd")]
+
+
+def _inode(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return -1
+
+
 def test_freed_buffers_are_kept_for_reuse() -> None:
     assert memory.keep_freed_memory() is True

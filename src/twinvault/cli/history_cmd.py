@@ -13,23 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from twinvault.cli.client import ApiClient
 from twinvault.cli.output import console, emit_json, err_console, human_bytes, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
-from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -198,6 +187,8 @@ def _save_resume_point(target: Path, request: dict[str, Any], last_seq: int) -> 
 
 
 def _frames(pieces: Iterator[bytes]) -> Iterator[list[Any]]:
+    from twinvault.protocol.frames import MAX_FRAME_BYTES, decode_body  # a restore's only
+
     buffer = bytearray()
     for piece in pieces:
         buffer += piece
@@ -222,6 +213,11 @@ def _progress(total: int, quiet: bool) -> Iterator[Callable[[int, int], None]]:
     if quiet:
         yield lambda done, seq: None
         return
+    # Imported here: every other command starts faster without rich's progress machinery.
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import TransferSpeedColumn
+
     bar = Progress(
         TextColumn("restoring"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True,

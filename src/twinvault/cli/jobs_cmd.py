@@ -9,9 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.live import Live
-from rich.table import Table
-
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
 from twinvault.cli.output import console, emit_json, human_bytes, table
 from twinvault.cli.transmission import add_transmission_options, transmission_body
@@ -133,6 +130,9 @@ _COLUMNS = ["id", "type", "status", "source", "target", "% complete", "time left
 def jobs(args: argparse.Namespace) -> int:
     client = ApiClient.for_host(args.server)
     if args.watch:
+        from rich.live import Live  # the watch only: other commands start faster without
+        from rich.table import Table
+
         deadline = time.monotonic() + args.duration if args.duration else None
         with Live(console=console, refresh_per_second=2) as live:
             while deadline is None or time.monotonic() < deadline:

@@ -7,13 +7,27 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from twinvault.ops.errors import TwinvaultError
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console:
+    """rich's Console, made on first use: a command that prints JSON or nothing never
+    imports rich (a third of the command's start)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+console: Any = _Console()
+err_console: Any = _Console(stderr=True)
 
 
 def emit_json(document: Any) -> None:
@@ -21,6 +35,8 @@ def emit_json(document: Any) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title)
     for c in columns:
         t.add_column(c)

@@ -8,7 +8,6 @@ import argparse
 from typing import Any
 
 from twinvault.compression import LEVELS
-from twinvault.protocol.transmission import transmission_changes
 
 
 def add_transmission_options(p: argparse.ArgumentParser, *, changing: bool = False) -> None:
@@ -58,4 +57,8 @@ def transmission_options(args: argparse.Namespace) -> dict[str, Any]:
     body = transmission_body(args)
     if all(v in (None, [], False) for v in body.values()):
         return {}
+    # Imported only when options are given: it brings the bandwidth keeper and asyncio,
+    # a fifth of the start of every other command.
+    from twinvault.protocol.transmission import transmission_changes
+
     return transmission_changes(body, {})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -65,4 +67,16 @@ async def serve(home: Home) -> None:
 def run(home: Home) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keep_freed_memory()
+    _raise_open_files_limit()
     asyncio.run(serve(home))
+
+
+def _raise_open_files_limit() -> None:
+    """Up to the hard limit (at most 65536): a repository holds a descriptor per cached
+    image directory and per file written since the last group commit, a source one per
+    watched directory with inotify; systemd's default soft limit of 1024 is too few."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

@@ -99,6 +99,7 @@ class RestoreTarget:
 
     def close(self) -> None:
         self._applier.abort_transfer()
+        self._applier.close()  # its threads
         self._index.close()
         self._tree.close()
         self._scratch.cleanup()

@@ -22,6 +22,7 @@ import shutil
 import stat
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,9 @@ MAX_CHUNK_BYTES = 32 << 20
 # A file this large is streamed out of the page cache as it is written (``pagecache``):
 # a whole-server mirror would otherwise push everything else out of the cache.
 DROP_BEHIND_SIZE = 16 << 20
+# Written image files held open for the next group commit's release (at most this many:
+# a commit every 50 ms sees a few hundred small files).
+WRITTEN_KEPT = 1024
 
 
 class Stopped(Exception):
@@ -136,6 +140,13 @@ class Applier:
         self._batching = 0
         tree.before_close = self._release_times
         self._ahead = FilesAhead(tree)
+        # With ``hold_written`` (set by a receiver, whose group commit takes them), image
+        # files written since the last commit are held open until it has made them
+        # durable; their pages then leave the cache (``pagecache.release_written``).
+        # Off, a written file is closed at once (a restore; an applier nobody commits).
+        self.hold_written = False
+        self._written: deque[int] = deque()
+        self._written_lock = threading.Lock()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -183,6 +194,26 @@ class Applier:
     def close(self) -> None:
         """Stop the threads that write files ahead (the tree is the caller's)."""
         self._ahead.close()
+        for fd in self.take_written():
+            os.close(fd)
+
+    def take_written(self) -> list[int]:
+        """(Any thread.) The descriptors of the image files written so far; the caller
+        closes them, after a sync with ``release_written``."""
+        with self._written_lock:
+            taken = list(self._written)
+            self._written.clear()
+        return taken
+
+    def _done_with(self, fd: int) -> None:
+        if not self.hold_written:
+            os.close(fd)
+            return
+        with self._written_lock:
+            self._written.append(fd)
+            oldest = self._written.popleft() if len(self._written) > WRITTEN_KEPT else -1
+        if oldest >= 0:
+            os.close(oldest)  # a stalled commit: just close
 
     def settle_times(self) -> None:
         """Restore the held directory times now (before the image is read mid-batch)."""
@@ -627,7 +658,7 @@ class Applier:
             x.temp_name = self._link_unnamed(x)
         if x.temp_name:
             self._replace(x.dir_fd, x.temp_name, x.name, x.path, keep_parent_times=False)
-        os.close(x.fd)
+        self._done_with(x.fd)
         self._xfer = None
         self.index.record_file(x.path, meta.size, meta.mtime_ns, x.pieces)
         if self.recorder is not None:

@@ -31,6 +31,9 @@ from twinvault.repository.image_tree import ImageTree
 
 THREADS: Final = 2
 AHEAD: Final = 32  # files in progress or waiting at once (each holds a descriptor)
+# Files a thread prepares per task: a task per file was a future, a lock and a wake-up
+# of the applier each.
+GROUP: Final = 8
 _DATA_SEGMENTS: Final = frozenset({m.SEG_DATA, m.SEG_HOLE})
 _MOVES_TREE: Final = frozenset({m.DELETE, m.RENAME})
 _MAKES_ENTRY: Final = frozenset({m.FILE, m.FBEGIN, m.SYMLINK, m.SPECIAL, m.LINK})
@@ -58,7 +61,8 @@ class FilesAhead:
         self._tree = tree
         self._pool: ThreadPoolExecutor | None = None
         self._waiting: deque[_Job] = deque()
-        self._running: dict[int, Future[PreparedFile | None]] = {}
+        # Each op's group: the future of the task preparing it and its neighbours.
+        self._running: dict[int, Future[dict[int, PreparedFile | None]]] = {}
         self.enabled = True  # False once the filesystem refuses O_TMPFILE
         self.taken = 0  # files the applier took prepared (for tests and profiles)
 
@@ -108,15 +112,17 @@ class FilesAhead:
         while self._waiting and len(self._running) < AHEAD:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="file-ahead")
-            job = self._waiting.popleft()
-            self._running[job.seq] = self._pool.submit(self._prepare, job)
+            group = [self._waiting.popleft() for _ in range(min(GROUP, len(self._waiting)))]
+            future = self._pool.submit(self._prepare_group, group)
+            for job in group:
+                self._running[job.seq] = future
 
     def take(self, seq: int) -> PreparedFile | None:
         """The prepared file of op ``seq`` (the caller owns its descriptor), or None."""
         future = self._running.pop(seq, None)
         if future is None:
             return None
-        prepared = future.result()
+        prepared = future.result()[seq]
         self._refill()
         if prepared is not None:
             self.taken += 1
@@ -127,8 +133,8 @@ class FilesAhead:
         and with them the files."""
         self._waiting.clear()
         running, self._running = self._running, {}
-        for future in running.values():
-            prepared = future.result()
+        for seq, future in running.items():
+            prepared = future.result()[seq]
             if prepared is not None:
                 os.close(prepared.fd)
 
@@ -136,6 +142,9 @@ class FilesAhead:
         self.drop()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+    def _prepare_group(self, jobs: list[_Job]) -> dict[int, PreparedFile | None]:
+        return {job.seq: self._prepare(job) for job in jobs}
 
     def _prepare(self, job: _Job) -> PreparedFile | None:
         """On a pool thread: None on any failure, and the applier does the op itself

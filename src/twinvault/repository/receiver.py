@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twinvault import pagecache
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol import messages as m
@@ -188,6 +189,7 @@ class Session:
             on_retrying=lambda retrying: setattr(self.job, "retrying", retrying),
             recorder=self.recorder,
         )
+        self.applier.hold_written = True  # released by _ack_loop after each sync
         epoch, last = self.index.stream_position(self.job.job_id)
         # Ops a reconnecting source resends that were already applied are skipped.
         self._skip_upto = last if epoch == self._epoch else 0
@@ -336,16 +338,25 @@ class Session:
             seq = self._applied_seq
             if seq <= self._acked_seq:
                 continue
-            if self.history is not None:
-                # Chunks and journal records are durable before the image index says the
-                # ops are applied, and before anything is acknowledged (docs/history.md).
-                # Off the applier's thread: it goes on applying while the disk syncs.
-                await asyncio.to_thread(self._commit_history)
-            await self._in_thread(self._commit, seq)
-            assert self.tree is not None
-            # syncfs covers the image files and the index's WAL when they share a
-            # filesystem; the index directory is synced separately when it does not.
-            await asyncio.to_thread(_sync_filesystems, self.tree.root, self._index_path)
+            # Taken before the sync: the files it makes durable, released after it.
+            written = self.applier.take_written() if self.applier is not None else []
+            try:
+                if self.history is not None:
+                    # Chunks and journal records are durable before the image index says
+                    # the ops are applied, and before anything is acknowledged
+                    # (docs/history.md). Off the applier's thread: it goes on applying
+                    # while the disk syncs.
+                    await asyncio.to_thread(self._commit_history)
+                await self._in_thread(self._commit, seq)
+                assert self.tree is not None
+                # syncfs covers the image files and the index's WAL when they share a
+                # filesystem; the index directory is synced separately when it does not.
+                await asyncio.to_thread(_sync_filesystems, self.tree.root, self._index_path)
+            except BaseException:
+                for fd in written:
+                    os.close(fd)
+                raise
+            await asyncio.to_thread(pagecache.release_written, written)
             self._acked_seq = seq
             await self.link.send([m.ACK, seq])
             await self.link.flush()

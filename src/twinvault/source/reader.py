@@ -81,8 +81,14 @@ class Reader:
         """Read the small regular files among ``items`` ahead (results used by ``_file``
         only when the file is still the same version)."""
         paths = [i.path for i in items if isinstance(i, Dirty)]
+        # One task per thread, each a share of the batch (interleaved, so big and small
+        # files spread evenly): a task per file was a future, a lock and a wake-up each.
+        shares = [paths[i::PREFETCH_THREADS] for i in range(PREFETCH_THREADS)]
         self._prefetched = {
-            path: got for path, got in zip(paths, self._pool.map(_read_small, paths), strict=True) if got
+            path: got
+            for share, results in zip(shares, self._pool.map(_read_all, shares), strict=True)
+            for path, got in zip(share, results, strict=True)
+            if got
         }
 
     def close(self) -> None:
@@ -450,6 +456,10 @@ class _SegmentPlanner:
 
     def digests(self) -> bytes:
         return b"".join(self._digests)
+
+
+def _read_all(paths: list[str]) -> list[tuple[os.stat_result, bytes] | None]:
+    return [_read_small(path) for path in paths]
 
 
 def _read_small(path: str) -> tuple[os.stat_result, bytes] | None:
