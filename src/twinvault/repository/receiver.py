@@ -116,6 +116,9 @@ class Session:
         self._applying = False
         self._pending_bytes = 0
         self._has_work = asyncio.Event()
+        # Set after a mark is applied: its group commit and ack go at once (a mark ends
+        # a mirror, and the source says Idle only when it is acknowledged).
+        self._ack_soon = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._applied_seq = 0
@@ -273,6 +276,8 @@ class Session:
                 replies = await self._in_thread(self._apply_batch, batch)
             finally:
                 self._applying = False
+            if any(msg[0] == m.MARK for msg in batch):
+                self._ack_soon.set()
             for reply in replies:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self.link.send(reply)
@@ -334,7 +339,9 @@ class Session:
 
     async def _ack_loop(self) -> None:
         while True:
-            await asyncio.sleep(ACK_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_soon.wait(), ACK_INTERVAL)
+            self._ack_soon.clear()
             seq = self._applied_seq
             if seq <= self._acked_seq:
                 continue
