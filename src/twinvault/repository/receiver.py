@@ -11,6 +11,7 @@ the op survives a crash of the repository, daemon or machine.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import hmac
@@ -319,23 +320,33 @@ class Session:
         return replies
 
     def _send_manifest(self, msg: list[Any]) -> None:
-        """Stream the manifest batch by batch from the applier thread; waiting for each
-        send holds the walk back to the link's pace instead of building it all in memory."""
+        """Stream the manifest batch by batch from the applier thread, one batch on the
+        link while the walk makes the next: waiting for the one before holds the walk
+        back to the link's pace instead of building it all in memory, and waiting for
+        each before walking on left the disk idle while the link sent."""
         assert self.tree is not None and self.index is not None
         roots = [r for r in msg[2] if isinstance(r, bytes)]
         pending: list[list[Any]] | None = None
+        sending: concurrent.futures.Future[None] | None = None
         for entries in manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3])):
             if pending is not None:
-                self._send_from_thread([m.MANIFEST, msg[1], pending, False])
+                if sending is not None:
+                    sending.result()
+                sending = self._send_soon([m.MANIFEST, msg[1], pending, False])
             pending = entries
+        if sending is not None:
+            sending.result()
         self._send_from_thread([m.MANIFEST, msg[1], pending or [], True])
 
     def _send_from_thread(self, message: list[Any]) -> None:
+        self._send_soon(message).result()
+
+    def _send_soon(self, message: list[Any]) -> concurrent.futures.Future[None]:
         async def send() -> None:
             await self.link.send(message)
             await self.link.flush()
 
-        asyncio.run_coroutine_threadsafe(send(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(send(), self._loop)
 
     async def _ack_loop(self) -> None:
         while True:
