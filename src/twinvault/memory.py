@@ -33,7 +33,8 @@ def keep_freed_memory() -> bool:
     mallopt = getattr(_libc, "mallopt", None) if _libc is not None else None
     if mallopt is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mapped = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return mapped and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def release_free_memory() -> None:

@@ -72,7 +72,10 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
     if not _cachestat_works:
         return None
     rng, out = _CachestatRange(offset, length), _Cachestat()
-    if _syscall(_SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out), ctypes.c_uint(0)) != 0:
+    result = _syscall(
+        _SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out), ctypes.c_uint(0)
+    )
+    if result != 0:
         if ctypes.get_errno() == errno.ENOSYS:
             _cachestat_works = False
         return None

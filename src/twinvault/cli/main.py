@@ -24,7 +24,8 @@ MODULE_OF = {
     "recover": "recover_cmd",
 }  # fmt: skip
 MODULES = (
-    "host_cmd", "protect_cmd", "jobs_cmd", "monitor_cmd", "notify_cmd", "history_cmd", "mount_cmd", "recover_cmd",
+    "host_cmd", "protect_cmd", "jobs_cmd", "monitor_cmd",
+    "notify_cmd", "history_cmd", "mount_cmd", "recover_cmd",
 )  # fmt: skip
 
 
