@@ -46,6 +46,10 @@ def test_initial_mirror_makes_an_exact_image(two_hosts: Hosts, tmp_path: Path) -
     assert [j["id"] for j in jobs] == [job]
     assert jobs[0]["health"] == "ok"
     assert 4023 in event_ids(alpha)
+    # The live status the README's main job shows (rich's Live over the console).
+    live = console.run("jobs", "--server", alpha.api, "--watch", "--for", "1")
+    # Not a terminal: rich draws 80 columns, where every cell of the table wraps.
+    assert f"jobs on {alpha.api}" in live.stdout
 
 
 def test_replication_follows_every_kind_of_change(two_hosts: Hosts, tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def jobs(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         deadline = time.monotonic() + args.duration if args.duration else None
-        with Live(console=console, refresh_per_second=2) as live:
+        with Live(console=console.get(), refresh_per_second=2) as live:
             while deadline is None or time.monotonic() < deadline:
                 views = _monitored(client.call("GET", "/api/jobs")["jobs"])
                 t = Table(title=f"jobs on {args.server}  {time.strftime('%H:%M:%S')}")
