@@ -50,6 +50,12 @@ class _Cachestat(ctypes.Structure):
 
 
 _cachestat_works = True
+# Filesystems whose files have no page cache of their own (overlayfs: the pages are the
+# upper or lower layer's file's), where cachestat always answers "none cached".
+_STACKED_TYPES = frozenset({0x794C7630})  # OVERLAYFS_SUPER_MAGIC
+_stacked_devices: dict[int, bool] = {}
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -67,9 +73,9 @@ def drop(fd: int, offset: int, length: int) -> None:
 
 def cached_pages(fd: int, offset: int, length: int) -> int | None:
     """Pages of the range in the page cache (cachestat(2), Linux 6.5: no I/O, no side
-    effect); None where the kernel lacks it."""
+    effect); None where the kernel lacks it or the filesystem cannot tell (overlayfs)."""
     global _cachestat_works
-    if not _cachestat_works:
+    if not _cachestat_works or _stacked(fd):
         return None
     rng, out = _CachestatRange(offset, length), _Cachestat()
     result = _syscall(
@@ -80,6 +86,18 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
             _cachestat_works = False
         return None
     return int(out.nr_cache)
+
+
+def _stacked(fd: int) -> bool:
+    """Whether ``fd``'s filesystem is one whose page cache cachestat cannot see (asked
+    once per device: fstatfs's f_type, the first field of struct statfs)."""
+    dev = os.fstat(fd).st_dev
+    stacked = _stacked_devices.get(dev)
+    if stacked is None:
+        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
+        fs_type = ctypes.c_long.from_buffer(buf).value if _fstatfs(fd, buf) == 0 else 0
+        stacked = _stacked_devices[dev] = fs_type in _STACKED_TYPES
+    return stacked
 
 
 def first_page_cached(fd: int) -> bool:
