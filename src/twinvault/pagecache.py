@@ -10,7 +10,7 @@ measured here ~3 s per GiB against ~0.3 s for a page freed a moment ago and reus
 So the streams release what they are done with, as RocksDB and PostgreSQL do:
 
 - writers (packs, large image files) start writeback of each step as it fills and,
-  one step later, wait for it and drop it (``DropBehind``): the cache holds about two
+  two steps later, wait for it and drop it (``DropBehind``): the cache holds about three
   steps of each stream, and the pages freed are the next step's;
 - the repository's small image files are dropped after the group commit that made them
   durable (``release_written``: clean by then, so the drop is immediate);
@@ -120,31 +120,34 @@ class DropBehind:
     """Write-behind and drop-behind for one file written front to back.
 
     ``advance(end)`` after each write: every ``step`` bytes the new step's writeback
-    starts and the step before it, written back by now or waited for, leaves the cache.
-    Waiting for one step's disk write while the next is being written bounds the stream's
-    dirty pages without stalling it more than the disk itself does.
+    starts, and the step started the time before last, written back by now or waited
+    for, leaves the cache. Two steps of lag, not one: the writer (the recorder, under the
+    pack writer's lock) then almost never waits for the disk, and the stream's dirty
+    pages stay bounded by what the disk can take.
     """
 
     def __init__(self, fd: int, start: int = 0, step: int = 4 << 20) -> None:
         self._fd = fd
         self._step = step
         self._started = start  # writeback started up to here
+        self._previous = start  # ... and up to here the time before
         self._dropped = start  # dropped up to here
 
     def advance(self, end: int) -> None:
         if end - self._started < self._step:
             return
         start_writeback(self._fd, self._started, end - self._started)
-        if self._started > self._dropped and _sync_file_range is not None:
+        if self._previous > self._dropped and _sync_file_range is not None:
             _sync_file_range(
                 self._fd,
                 self._dropped,
-                self._started - self._dropped,
+                self._previous - self._dropped,
                 _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER,
             )
             # The kernel keeps a partial last page: the next write may still need it.
-            drop(self._fd, self._dropped, self._started - self._dropped)
-            self._dropped = self._started
+            drop(self._fd, self._dropped, self._previous - self._dropped)
+            self._dropped = self._previous
+        self._previous = self._started
         self._started = end
 
 

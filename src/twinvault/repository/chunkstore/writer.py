@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Start writeback of every this many appended bytes, so a commit's fdatasync finds little
 # left to flush and the disk works while puts go on (RocksDB's bytes_per_sync); the step
-# before is dropped from the page cache then (``pagecache``: a pack is read rarely, and
+# two before is dropped from the page cache then (``pagecache``: a pack is read rarely, and
 # its pages are better spent as the next ones).
 WRITEBACK_STEP = 1 << 20
 
