@@ -71,11 +71,12 @@ def drop(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def cached_pages(fd: int, offset: int, length: int) -> int | None:
+def cached_pages(fd: int, offset: int, length: int, dev: int | None = None) -> int | None:
     """Pages of the range in the page cache (cachestat(2), Linux 6.5: no I/O, no side
-    effect); None where the kernel lacks it or the filesystem cannot tell (overlayfs)."""
+    effect); None where the kernel lacks it or the filesystem cannot tell (overlayfs).
+    ``dev``: the file's st_dev when the caller has it (else one fstat more)."""
     global _cachestat_works
-    if not _cachestat_works or _stacked(fd):
+    if not _cachestat_works or _stacked(fd, os.fstat(fd).st_dev if dev is None else dev):
         return None
     rng, out = _CachestatRange(offset, length), _Cachestat()
     result = _syscall(
@@ -88,10 +89,9 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
     return int(out.nr_cache)
 
 
-def _stacked(fd: int) -> bool:
-    """Whether ``fd``'s filesystem is one whose page cache cachestat cannot see (asked
-    once per device: fstatfs's f_type, the first field of struct statfs)."""
-    dev = os.fstat(fd).st_dev
+def _stacked(fd: int, dev: int) -> bool:
+    """Whether ``fd``'s filesystem (device ``dev``) is one whose page cache cachestat
+    cannot see (asked once per device: fstatfs's f_type, struct statfs's first field)."""
     stacked = _stacked_devices.get(dev)
     if stacked is None:
         buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
@@ -100,11 +100,12 @@ def _stacked(fd: int) -> bool:
     return stacked
 
 
-def first_page_cached(fd: int) -> bool:
-    """Whether the file's first page is in the page cache now. Without cachestat, a read
-    that may not wait for the disk (RWF_NOWAIT) tells, at the price of starting the
-    readahead the caller's read wants anyway. Unknown counts as cached: nothing is dropped."""
-    pages = cached_pages(fd, 0, 1)
+def first_page_cached(fd: int, dev: int) -> bool:
+    """Whether the file's first page is in the page cache now (``dev``: its st_dev, which
+    every caller has from its stat). Without cachestat, a read that may not wait for the
+    disk (RWF_NOWAIT) tells, at the price of starting the readahead the caller's read
+    wants anyway. Unknown counts as cached: nothing is dropped."""
+    pages = cached_pages(fd, 0, 1, dev)
     if pages is not None:
         return pages > 0
     try:

@@ -65,35 +65,16 @@ def manifest_batches(
                     _remove_stale_temp(base + directory, e.path)
                     continue
                 path = prefix + name
-                entry = _file_entry(path, indexed, e) if not checksum else None
+                entry = _entry(base, path, indexed, index, checksum, e)
                 if entry is None:
-                    entry = _entry(base, path, indexed, index, checksum, e)
-                    if entry is None:
-                        continue
-                    if entry[1] == "dir":
-                        stack.append(path)
+                    continue
                 batch.append(entry)
+                if entry[1] == "dir":
+                    stack.append(path)
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
     yield batch
-
-
-def _file_entry(path: bytes, indexed: dict[bytes, Any], dirent: os.DirEntry[bytes]) -> list[Any] | None:
-    """The entry of a regular file found by the walk (most of an image), or None for
-    anything else: ``_entry``'s work inlined, a third of a no-change mirror's walk."""
-    try:
-        st = dirent.stat(follow_symlinks=False)
-    except OSError:
-        return None
-    mode = st.st_mode
-    if not stat.S_ISREG(mode):
-        return None
-    known = indexed.get(path)
-    digests = b""
-    if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-        digests = digests_of(known.pieces_blob)
-    return [path, "file", st.st_size, st.st_mtime_ns, mode & 0o7777, st.st_uid, st.st_gid, digests]
 
 
 def _remove_stale_temp(directory: bytes, path: bytes) -> None:

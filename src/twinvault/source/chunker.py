@@ -89,7 +89,7 @@ def file_digests(path: str) -> tuple[bytes, int]:
         size = st.st_size
         out: list[bytes] = []
         read = 0
-        cold = size > 0 and not pagecache.first_page_cached(fd)
+        cold = size > 0 and not pagecache.first_page_cached(fd, st.st_dev)
         for digest, data in iter_pieces(fd, size, sparse=might_be_sparse(st), drop_behind=cold):
             if digest is not None:
                 out.append(digest)

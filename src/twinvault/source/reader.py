@@ -223,7 +223,7 @@ class Reader:
                 log.warning("cannot open %s: %s", path, exc.strerror)
                 return
             try:
-                cold = meta.size > 0 and not pagecache.first_page_cached(fd)
+                cold = meta.size > 0 and not pagecache.first_page_cached(fd, st.st_dev)
                 digests = self._send_body(path, fd, st, meta, old, replication, cold=cold)
                 after = os.fstat(fd)
             finally:
@@ -471,7 +471,7 @@ def _read_small(path: str) -> tuple[os.stat_result, bytes] | None:
     except OSError:
         return None
     try:
-        cold = st.st_size > 0 and not pagecache.first_page_cached(fd)
+        cold = st.st_size > 0 and not pagecache.first_page_cached(fd, st.st_dev)
         data = os.pread(fd, st.st_size, 0) if st.st_size else b""
         after = os.fstat(fd)
         if cold:
