@@ -389,7 +389,8 @@ def test_torn_open_pack_is_cut_and_sealed_at_open(place: Place, tail: Any) -> No
     with place.create(pack_size=16 << 20) as s:
         put_all(s, committed)
         s.commit()
-        s.put(digest(unacknowledged), unacknowledged)  # written, never committed
+        s.put(digest(unacknowledged), unacknowledged)  # never committed...
+        assert s.get(digest(unacknowledged)) == unacknowledged  # ... but read: in the file
         crash = place.crash_image("crash")
     (open_pack,) = crash.packs("open")
     # The torn write of one more blob: what the kernel had of it when the power went.

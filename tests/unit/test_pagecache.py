@@ -65,19 +65,23 @@ def test_a_file_written_with_drop_behind_leaves_the_cache_but_keeps_every_byte(f
         os.close(fd)
 
 
-def test_a_pack_drops_what_it_wrote_back(fs: Path) -> None:
+def test_a_pack_is_written_around_the_page_cache(fs: Path) -> None:
     from twinvault.repository.chunkstore.layout import StateDir
 
     state = StateDir(fs / "state")
     state.make()
     pack = OpenPack(state, b"u" * 16)
     try:
-        for i in range(12):
-            pack.append(bytes([i]) * 32, bytes([i]) * 32, MiB, 0, random_bytes(MiB, i))
-        assert not cached(pack.fd, 4096)
-        assert cached(pack.fd, pack.size - 1)
+        blobs = [random_bytes(MiB + 7 * i, i) for i in range(12)]
+        for i, blob in enumerate(blobs):
+            pack.append(bytes([i]) * 32, bytes([i]) * 32, len(blob), 0, blob)
+        pack.flush()
+        assert not cached(pack.fd, 4096) and not cached(pack.fd, pack.size - 1)
+        data = pack.path.read_bytes()  # (the pack's own descriptor reads in whole blocks only)
+        for entry, blob in zip(pack.entries, blobs, strict=True):
+            assert data[entry.end - len(blob) : entry.end] == blob
     finally:
-        os.close(pack.fd)
+        pack.close()
 
 
 def test_a_read_of_a_cold_file_gives_its_pages_back(fs: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.repository.chunkstore import index as ix
+from twinvault.repository.chunkstore.appender import write_at
 from twinvault.repository.chunkstore.codec import BlobCodec, BlobInvalid
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.layout import PACKS_PREFIX, StateDir, pack_key, pack_of_key
@@ -46,7 +47,6 @@ from twinvault.repository.chunkstore.pack import (
     scan_blobs,
 )
 from twinvault.repository.chunkstore.retry import RetryingBackend
-from twinvault.repository.chunkstore.writer import write_at
 
 log = logging.getLogger(__name__)
 

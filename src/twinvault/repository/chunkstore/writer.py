@@ -1,12 +1,13 @@
 """The pack being filled: appends, group commit, sealing.
 
-`append_locked` writes a blob (header + payload) at the end of the open pack in the state
-dir, in the page cache only. `commit` is the group commit: one `fdatasync` per pack that
+`append_locked` adds a blob (header + payload) at the end of the open pack in the state
+dir: to its write buffer, written around the page cache in whole blocks (`appender`).
+`commit` is the group commit: one `fdatasync` per pack that
 received blobs since the last commit, then one index transaction (synchronous=FULL) for
 all of them. Nothing is durable before a commit returns, and a commit never waits for the
 backend. A pack that reaches `pack_size` moves to the full list and a fresh one takes its
 place; the sealer thread then commits what is left of it, appends its trailer and footer,
-fsyncs it and renames it into `sealed/`, where the uploader finds it.
+writes and fsyncs it and renames it into `sealed/`, where the uploader finds it.
 
 Crash cases: a kill between appends and commit leaves a tail of unindexed (maybe torn)
 blobs, which recovery verifies and keeps or cuts; a kill while sealing leaves the pack in
@@ -15,7 +16,6 @@ blobs, which recovery verifies and keeps or cuts; a kill while sealing leaves th
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -24,32 +24,14 @@ from collections.abc import Callable
 
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.pagecache import DropBehind
 from twinvault.repository.chunkstore import index as ix
+from twinvault.repository.chunkstore.appender import PackAppender
 from twinvault.repository.chunkstore.index import Index
 from twinvault.repository.chunkstore.layout import StateDir, new_pack_id
 from twinvault.repository.chunkstore.local import fsync_dir
 from twinvault.repository.chunkstore.pack import BlobEntry, Seal, blob_header, encode_trailer, pack_header
 
 log = logging.getLogger(__name__)
-
-# Start writeback of every this many appended bytes, so a commit's fdatasync finds little
-# left to flush and the disk works while puts go on (RocksDB's bytes_per_sync); the step
-# two before is dropped from the page cache then (``pagecache``: a pack is read rarely, and
-# its pages are better spent as the next ones).
-WRITEBACK_STEP = 1 << 20
-
-
-def write_at(fd: int, parts: list[bytes], offset: int) -> None:
-    """Write all of `parts` at `offset` (pwritev may write less than asked)."""
-    total = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-    done = os.pwritev(fd, parts, offset)
-    if done < total:
-        rest = b"".join(parts)[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            done += n
-            rest = rest[n:]
 
 
 class OpenPack:
@@ -59,37 +41,51 @@ class OpenPack:
         self.name = new_pack_id()
         self.path = state.open_pack(self.name)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        header = pack_header(store_uuid, bytes.fromhex(self.name))
-        try:
-            write_at(self.fd, [header], 0)
-        except OSError:
-            os.close(self.fd)
-            self.path.unlink(missing_ok=True)
-            raise
-        self.size = len(header)
-        self._behind = DropBehind(self.fd, len(header), WRITEBACK_STEP)
+        self._out = PackAppender(self.fd)
+        # The header goes out with the first blobs: a file cut short of it is removed by
+        # recovery, as a pack torn while its header was written always was.
+        self._out.append([pack_header(store_uuid, bytes.fromhex(self.name))])
         self.entries: list[BlobEntry] = []
         self.uncommitted: list[BlobEntry] = []
         self.row_id: int | None = None
         self.dir_synced = False
         self.sealed_size: int | None = None
 
+    @property
+    def size(self) -> int:
+        return self._out.size
+
     def append(self, store_id: bytes, digest: bytes, raw_len: int, flags: int, payload: bytes) -> BlobEntry:
         entry = BlobEntry(store_id, digest, self.size, raw_len, len(payload), flags)
         try:
-            write_at(self.fd, [blob_header(store_id, flags, raw_len, len(payload)), payload], self.size)
+            self._out.append([blob_header(store_id, flags, raw_len, len(payload)), payload])
         except OSError as exc:
-            # Cut what a failed write left, so the next blob follows the last good one.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, self.size)
             if exc.errno == errno.ENOSPC:
                 raise TwinvaultError(errors.TARGET_DISK_FULL, f"chunk store state dir: {exc}") from exc
             raise
-        self.size = entry.end
         self.entries.append(entry)
         self.uncommitted.append(entry)
-        self._behind.advance(self.size)
         return entry
+
+    def readable(self, entry: BlobEntry) -> None:
+        """Make ``entry`` readable from the file (it may still be in the write buffer)."""
+        if entry.end > self._out.readable:
+            self._out.flush()
+
+    def flush(self) -> None:
+        """Everything appended is in the file (``os.fdatasync(fd)`` then makes it durable)."""
+        self._out.flush()
+
+    def append_trailer(self, trailer: bytes) -> None:
+        """The last bytes: the pack is in its file, exactly (``os.fdatasync(fd)`` then)."""
+        self._out.append([trailer])
+        self._out.finish()
+
+    def close(self) -> None:
+        self._out.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def take_uncommitted(self) -> list[BlobEntry]:
         taken, self.uncommitted = self.uncommitted, []
@@ -148,8 +144,14 @@ class PackWriter:
     # --- any thread ----------------------------------------------------------------------
 
     def pending(self, store_id: bytes) -> tuple[str, BlobEntry] | None:
+        """Where a blob appended but not yet indexed is; a reader finds it in the file."""
         with self.lock:
-            return self._pending.get(store_id)
+            found = self._pending.get(store_id)
+            if found is not None:
+                for pack in (self._open, *self._full):
+                    if pack is not None and pack.name == found[0]:
+                        pack.readable(found[1])
+            return found
 
     def commit(self) -> None:
         """Every blob appended so far is durable (pack fsync'ed, index committed)."""
@@ -175,6 +177,9 @@ class PackWriter:
             raise
 
     def _sync_and_index(self, batch: list[tuple[OpenPack, list[BlobEntry]]]) -> None:
+        with self.lock:  # the appends of other threads share the packs' write buffers
+            for pack, _ in batch:
+                pack.flush()
         for pack, _ in batch:
             os.fdatasync(pack.fd)
             if not pack.dir_synced:  # the new file's name must survive too
@@ -229,7 +234,7 @@ class PackWriter:
         with self.lock:
             empty, self._open = self._open, None
         if empty is not None:
-            os.close(empty.fd)
+            empty.close()
             empty.path.unlink(missing_ok=True)
 
     # --- the sealer thread ---------------------------------------------------------------
@@ -259,9 +264,11 @@ class PackWriter:
             self._make_durable(batch)
         if pack.sealed_size is None:  # else a failed attempt got past this point
             trailer = encode_trailer(pack.entries, self._seal_trailer, pack.size)
-            write_at(pack.fd, [trailer], pack.size)
+            sealed_size = pack.size + len(trailer)
+            with self.lock:
+                pack.append_trailer(trailer)
             os.fdatasync(pack.fd)
-            pack.sealed_size = pack.size + len(trailer)
+            pack.sealed_size = sealed_size
         # The index says sealed before the file appears in sealed/: the uploader must never
         # see a pack there whose row a late update could set back from stored to sealed.
         with self.index.writing() as w:
@@ -271,10 +278,8 @@ class PackWriter:
             os.rename(pack.path, self.state.sealed_pack(pack.name))
         fsync_dir(self.state.sealed)
         fsync_dir(self.state.open)
-        if pack.fd >= 0:
-            os.close(pack.fd)
-            pack.fd = -1
         with self.lock:
+            pack.close()
             self._full.remove(pack)
             self._changed.notify_all()
         self._on_sealed()
