@@ -173,7 +173,7 @@ class Protection:
         roots = [m.wire_path(r) for r in self.selection.roots]
         for batch in manifest_batches(self.tree, self.index, roots, checksum=checksum):
             for e in batch:
-                view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+                view.add(m.path_from_wire(e[0]), RemoteEntry(*e[1:9]))
         self.view = view
         self.reader = Reader(self.selection, view, self.stream, self.marked_again.append)
 

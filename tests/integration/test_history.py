@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -287,3 +288,29 @@ def test_a_restore_says_what_it_replaced_and_leaves_other_files(two_hosts: Hosts
     assert reply["replaced"] == 1 and reply["replaced_paths"] == [str(src / "a.txt")]
     assert (there / "a.txt").read_text() == "from the image"
     assert (there / "mine.txt").read_text() == "not in the image"
+
+
+def test_a_file_the_image_holds_but_its_index_never_committed_is_sent_again(
+    two_hosts: Hosts, tmp_path: Path
+) -> None:
+    """A repository killed between linking a file into the image and the group commit
+    of its op leaves the file there, whole, with nothing in the image index or the
+    history: the next difference mirror must send it again, or no point in time would
+    hold it. Here the applier's part is played by a copy made while the job is stopped."""
+    console, alpha, beta = two_hosts
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    job, image = protect(console, alpha, beta, src)
+    settle(console, alpha, job, src, image)
+    console.run("job", "stop", job, "--server", alpha.api)
+    (src / "late.bin").write_bytes(os.urandom(30_000))
+    shutil.copy2(src / "late.bin", in_image(image, src) / "late.bin")  # size, time, mode alike
+    dir_times = os.stat(src)
+    os.utime(in_image(image, src), ns=(dir_times.st_atime_ns, dir_times.st_mtime_ns))
+    console.run("job", "resume", job, "--server", alpha.api)
+    settle(console, alpha, job, src, image)
+    view = console.json("job", "show", job, "--server", alpha.api)
+    assert view["total_sent_bytes"] == 30_000  # late.bin again; a.txt skipped
+    restore(console, beta, alpha.name, tmp_path / "out", "--live")
+    assert_trees_equal(str(src), str(in_image(tmp_path / "out", src)))

@@ -32,3 +32,35 @@ def test_stale_temporaries_are_removed_without_touching_directory_times(tmp_path
     assert by_path[b"/srv/data"][3] == 1_600_000_000_123_456_789
     assert b"/srv/data/kept.txt" in by_path
     assert not any(TEMP_PREFIX.encode() in p for p in by_path)
+
+
+def test_what_changed_since_the_last_commit_or_is_not_indexed_is_flagged(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    d = image / "data"
+    d.mkdir(parents=True)
+    (d / "indexed.txt").write_text("in the index")
+    (d / "unindexed.txt").write_text("linked, never committed")
+    os.symlink("indexed.txt", d / "link")
+    st = (d / "indexed.txt").stat()
+    tree = ImageTree(image)
+    index = ImageIndex(tmp_path / "index.sqlite")
+    try:
+        index.record_file(b"/data/indexed.txt", st.st_size, st.st_mtime_ns, [])
+
+        def flags(settled_ns: int | None) -> dict[bytes, bool]:
+            batches = manifest_batches(tree, index, [b"/data"], checksum=False, settled_ns=settled_ns)
+            return {e[0]: e[8] for batch in batches for e in batch}
+
+        after_all = os.stat(d).st_ctime_ns + 10**9  # a commit after every change
+        assert flags(after_all) == {
+            b"/": True, b"/data": True, b"/data/indexed.txt": True, b"/data/link": True,
+            b"/data/unindexed.txt": False,
+        }  # fmt: skip
+        assert not any(flags(0).values())  # a new job: nothing committed yet
+        assert flags(None)[b"/data/link"] and not flags(None)[b"/data/unindexed.txt"]  # time unknown
+        index.set_stream_position("job", 1, 7, after_all)
+        assert index.settled("job") == after_all
+        assert index.settled("other") == 0
+    finally:
+        index.close()
+        tree.close()

@@ -186,12 +186,28 @@ class ImageIndex:
         row = self._read().execute("SELECT epoch, last_seq FROM streams WHERE job=?", (job,)).fetchone()
         return (row[0], row[1]) if row else (0, 0)
 
-    def set_stream_position(self, job: str, epoch: int, last_seq: int) -> None:
+    def set_stream_position(self, job: str, epoch: int, last_seq: int, settled_ns: int | None = None) -> None:
+        """``settled_ns``: every change of the image made before this wall-clock time is
+        committed with this position (in the image, this index and the history)."""
         self._begin()
         self._db.execute(
             "INSERT OR REPLACE INTO streams(job, epoch, last_seq) VALUES(?,?,?)", (job, epoch, last_seq)
         )
+        if settled_ns is not None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (f"settled:{job}", str(settled_ns))
+            )
+
+    def settled(self, job: str) -> int | None:
+        """The ``settled_ns`` of the job's last commit: an entry of the image changed
+        since (its ctime says so) may have reached the image but not the history. None
+        when unknown (an index older than the field): then nothing can be told apart."""
+        row = self._read().execute("SELECT value FROM meta WHERE key=?", (f"settled:{job}",)).fetchone()
+        if row is not None:
+            return int(row[0])
+        return 0 if self.stream_position(job) == (0, 0) else None
 
     def forget_stream(self, job: str) -> None:
         self._begin()
         self._db.execute("DELETE FROM streams WHERE job=?", (job,))
+        self._db.execute("DELETE FROM meta WHERE key=?", (f"settled:{job}",))

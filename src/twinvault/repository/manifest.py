@@ -2,7 +2,14 @@
 
 The walk of the image is the truth (names, kinds, sizes, times, modes, owners);
 chunk digests come from the image index when its entry still matches the file, or,
-for a checksum mirror, from reading the file itself. Stale temporary files of an
+for a checksum mirror, from reading the file itself.
+
+An entry may be in the image and nowhere else: a crash between an op's change of the image
+and the group commit that records it (index, history) leaves it there, and a difference
+mirror that trusted it would never record it. So an entry changed since the last commit
+(its ctime, which no utime can set back, is after the commit's ``settled_ns``) and a file
+the index does not know at its size and time are flagged ``indexed: false``, and the
+source sends them again. Stale temporary files of an
 interrupted transfer are removed on the way, so nothing a crash leaves behind needs
 a human.
 """
@@ -21,13 +28,18 @@ from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.source.chunker import file_digests
 
 BATCH = 2000
+# A ctime comes from the kernel's coarse clock, up to a tick behind the time we read.
+CLOCK_LAG_NS = 50_000_000
 _TEMP = TEMP_PREFIX.encode()
 
 
 def manifest_batches(
-    tree: ImageTree, index: ImageIndex, roots: list[bytes], *, checksum: bool
+    tree: ImageTree, index: ImageIndex, roots: list[bytes], *, checksum: bool, settled_ns: int | None = None
 ) -> Iterator[list[list[Any]]]:
-    """Entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests]`` in batches."""
+    """Entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests, indexed]`` in
+    batches (``indexed``: False for what the last commit may not hold; ``settled_ns`` None:
+    the commit time is unknown, only the index is asked)."""
+    changed_after = (1 << 63) if settled_ns is None else settled_ns - CLOCK_LAG_NS
     batch: list[list[Any]] = []
     base = os.fsencode(tree.root)
     ancestors: set[bytes] = set()
@@ -39,13 +51,13 @@ def manifest_batches(
                 break
             parent = os.path.dirname(parent)
     for path in sorted(ancestors):
-        entry = _entry(base, path, None, index, checksum)
+        entry = _entry(base, path, None, index, checksum, changed_after)
         if entry is not None:
             batch.append(entry)
     for root in roots:
         indexed = index.files_under(root)
         stack = [root]
-        first = _entry(base, root, indexed, index, checksum)
+        first = _entry(base, root, indexed, index, checksum, changed_after)
         if first is None:
             continue
         batch.append(first)
@@ -65,7 +77,7 @@ def manifest_batches(
                     _remove_stale_temp(base + directory, e.path)
                     continue
                 path = prefix + name
-                entry = _entry(base, path, indexed, index, checksum, e)
+                entry = _entry(base, path, indexed, index, checksum, changed_after, e)
                 if entry is None:
                     continue
                 batch.append(entry)
@@ -92,6 +104,7 @@ def _entry(
     indexed: dict[bytes, Any] | None,
     index: ImageIndex,
     checksum: bool,
+    changed_after: int,
     dirent: os.DirEntry[bytes] | None = None,
 ) -> list[Any] | None:
     try:
@@ -100,15 +113,18 @@ def _entry(
         return None
     kind = fsmeta.kind_of(st.st_mode)
     digests = b""
+    known_here = st.st_ctime_ns < changed_after
     if kind == "file":
+        known = indexed.get(path) if indexed is not None else index.file(path)
+        matches = known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns
+        known_here = known_here and matches
         if checksum:
             try:
                 digests, _ = file_digests(os.fsdecode(base + path))
             except OSError:
                 digests = b""
-        else:
-            known = indexed.get(path) if indexed is not None else index.file(path)
-            if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
-                digests = digests_of(known.pieces_blob)
+        elif matches and known is not None:
+            digests = digests_of(known.pieces_blob)
     size = st.st_size if kind == "file" else 0
-    return [path, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, digests]
+    mode = stat.S_IMODE(st.st_mode)
+    return [path, kind, size, st.st_mtime_ns, mode, st.st_uid, st.st_gid, digests, known_here]

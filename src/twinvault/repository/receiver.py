@@ -17,6 +17,7 @@ import ctypes
 import hmac
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -210,7 +211,12 @@ class Session:
             self.history.forget_recorder(self.recorder)
             self.history.commit()
         if self.index is not None:
-            self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq)
+            settled = time.time_ns()  # nothing is applied any more
+            if self.tree is not None:
+                # What the position below promises must be on the disk first: a source
+                # never resends an op at or below it.
+                _sync_filesystems(self.tree.root, self._index_path)
+            self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq, settled)
             self.index.close()
         if self.tree is not None:
             self.tree.close()
@@ -326,9 +332,11 @@ class Session:
         each before walking on left the disk idle while the link sent."""
         assert self.tree is not None and self.index is not None
         roots = [r for r in msg[2] if isinstance(r, bytes)]
+        settled = self.index.settled(self.job.job_id)
         pending: list[list[Any]] | None = None
         sending: concurrent.futures.Future[None] | None = None
-        for entries in manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3])):
+        batches = manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3]), settled_ns=settled)
+        for entries in batches:
             if pending is not None:
                 if sending is not None:
                     sending.result()
@@ -353,6 +361,9 @@ class Session:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ack_soon.wait(), ACK_INTERVAL)
             self._ack_soon.clear()
+            # Every change of the image made before this instant belongs to an op at or
+            # below ``seq`` (with the coarse clock's lag, which the manifest allows for).
+            settled = time.time_ns()
             seq = self._applied_seq
             if seq <= self._acked_seq:
                 continue
@@ -365,7 +376,7 @@ class Session:
                     # (docs/history.md). Off the applier's thread: it goes on applying
                     # while the disk syncs.
                     await asyncio.to_thread(self._commit_history)
-                await self._in_thread(self._commit, seq)
+                await self._in_thread(self._commit, seq, settled)
                 assert self.tree is not None
                 # syncfs covers the image files and the index's WAL when they share a
                 # filesystem; the index directory is synced separately when it does not.
@@ -389,9 +400,9 @@ class Session:
             self.recorder.wait_recorded()  # raises if the history of an applied op failed
         self.history.commit()
 
-    def _commit(self, seq: int) -> None:
+    def _commit(self, seq: int, settled: int) -> None:
         assert self.index is not None
-        self.index.set_stream_position(self.job.job_id, self._epoch, seq)
+        self.index.set_stream_position(self.job.job_id, self._epoch, seq, settled)
         self.index.commit()
 
 

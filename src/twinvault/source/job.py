@@ -597,7 +597,10 @@ class ProtectionJob:
             elif kind == m.MANIFEST:
                 view = self._manifest_view
                 for e in msg[2]:
-                    view.add(m.path_from_wire(e[0]), RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+                    # (A repository before the ``indexed`` field sends eight.)
+                    indexed = bool(e[8]) if len(e) > 8 else True
+                    entry = RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], indexed)
+                    view.add(m.path_from_wire(e[0]), entry)
                 if msg[3] and self._manifest_waiter is not None and not self._manifest_waiter.done():
                     self._manifest_waiter.set_result(view)
                     self._manifest_view = RemoteView()

@@ -171,7 +171,7 @@ def _same(mode: int, uid: int, gid: int, size: int, mtime_ns: int, remote: Remot
         return False
     if uid != remote.uid or gid != remote.gid or mtime_ns != remote.mtime_ns:
         return False
-    return kind != "file" or size == remote.size
+    return remote.indexed and (kind != "file" or size == remote.size)
 
 
 def _same_content(path: str, remote: RemoteEntry) -> bool:

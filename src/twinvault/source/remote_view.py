@@ -20,6 +20,9 @@ class RemoteEntry:
     uid: int
     gid: int
     digests: bytes  # concatenated 32-byte chunk hashes; b"" when unknown
+    # False: a file in the image that the repository's index does not know as it is
+    # (a crash came between its op and the group commit): it must be sent again.
+    indexed: bool = True
 
 
 @dataclass(slots=True)
