@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -145,12 +146,16 @@ def test_checksum_verify_reports_and_remirror_fixes(two_hosts: Hosts, tmp_path: 
         f.seek(5000)
         f.write(b"corrupt!")
     os.utime(tampered, ns=(st.st_atime_ns, st.st_mtime_ns))
-    quick = console.json("job", "verify", job, "--server", alpha.api)
-    assert quick["difference_count"] == 0  # size and time still agree
+    # Its ctime says it changed after the last group commit: even a quick verify sees it.
+    proc = console.run("job", "verify", job, "--server", alpha.api, "--json", check=False)
+    assert proc.returncode == 3 and str(src / "a.bin") in json.loads(proc.stdout)["differences"]
+    # Once a later commit covers that instant, only the content can tell (silent damage).
+    (src / "c.txt").write_text("a later change, committed after the damage")
+    wait_for(lambda: (in_image(image, src) / "c.txt").exists(), 20, what="the later change")
+    # Size and time still agree.
+    wait_for(lambda: console.json("job", "verify", job, "--server", alpha.api)["difference_count"] == 0, 20)
     proc = console.run("job", "verify", job, "--checksum", "--server", alpha.api, "--json", check=False)
     assert proc.returncode == 3
-    import json
-
     report = json.loads(proc.stdout)
     assert report["differences"] == [str(src / "a.bin")]
     console.json("job", "verify", job, "--checksum", "--remirror", "--server", alpha.api)

@@ -28,8 +28,6 @@ from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.source.chunker import file_digests
 
 BATCH = 2000
-# A ctime comes from the kernel's coarse clock, up to a tick behind the time we read.
-CLOCK_LAG_NS = 50_000_000
 _TEMP = TEMP_PREFIX.encode()
 
 
@@ -39,7 +37,7 @@ def manifest_batches(
     """Entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests, indexed]`` in
     batches (``indexed``: False for what the last commit may not hold; ``settled_ns`` None:
     the commit time is unknown, only the index is asked)."""
-    changed_after = (1 << 63) if settled_ns is None else settled_ns - CLOCK_LAG_NS
+    changed_after = (1 << 63) if settled_ns is None else settled_ns
     batch: list[list[Any]] = []
     base = os.fsencode(tree.root)
     ancestors: set[bytes] = set()

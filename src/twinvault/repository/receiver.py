@@ -132,6 +132,7 @@ class Session:
         self.replaced = False
         self.finished = asyncio.Event()
         self._recovered_seq = 0  # a recovery's complete mark, reported once it is committed
+        self._resettle = False  # a commit's time is to be moved on once the stream is quiet
 
     def replace(self) -> None:
         """A new link for the same job arrived: end this one without draining and
@@ -211,7 +212,7 @@ class Session:
             self.history.forget_recorder(self.recorder)
             self.history.commit()
         if self.index is not None:
-            settled = time.time_ns()  # nothing is applied any more
+            settled = settled_now()  # nothing is applied any more
             if self.tree is not None:
                 # What the position below promises must be on the disk first: a source
                 # never resends an op at or below it.
@@ -362,10 +363,15 @@ class Session:
                 await asyncio.wait_for(self._ack_soon.wait(), ACK_INTERVAL)
             self._ack_soon.clear()
             # Every change of the image made before this instant belongs to an op at or
-            # below ``seq`` (with the coarse clock's lag, which the manifest allows for).
-            settled = time.time_ns()
+            # below ``seq``; one made after it has a ctime at or after it.
+            settled = settled_now()
             seq = self._applied_seq
             if seq <= self._acked_seq:
+                if self._resettle and not self._applying and self.index is not None:
+                    # Quiet since the last commit: move its time past the changes made in
+                    # the clock tick it read, which a manifest would otherwise distrust.
+                    self._resettle = False
+                    await self._in_thread(self._commit, seq, settled)
                 continue
             # Taken before the sync: the files it makes durable, released after it.
             written = self.applier.take_written() if self.applier is not None else []
@@ -387,6 +393,7 @@ class Session:
                 raise
             await asyncio.to_thread(pagecache.release_written, written)
             self._acked_seq = seq
+            self._resettle = True
             await self.link.send([m.ACK, seq])
             await self.link.flush()
             if self._recovered_seq and seq >= self._recovered_seq and self.job.kind == "recovery":
@@ -407,6 +414,15 @@ class Session:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# The clock the kernel stamps ctimes with (``current_time``): reading it, not the precise
+# one, a change made after the read can never carry an earlier ctime (the coarse clock
+# lags by up to a tick).
+_CLOCK_REALTIME_COARSE = 5
+
+
+def settled_now() -> int:
+    """Now, as a ctime of a change made from now on would be at least."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
 
 
 def syncfs(fd: int) -> None:
