@@ -213,11 +213,16 @@ class Session:
             self.history.commit()
         if self.index is not None:
             settled = settled_now()  # nothing is applied any more
-            if self.tree is not None:
-                # What the position below promises must be on the disk first: a source
-                # never resends an op at or below it.
-                _sync_filesystems(self.tree.root, self._index_path)
-            self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq, settled)
+            try:
+                if self.tree is not None:
+                    # What the position below promises must be on the disk first: a
+                    # source never resends an op at or below it.
+                    _sync_filesystems(self.tree.root, self._index_path)
+            except OSError as exc:
+                # The last acknowledged position stands; the source resends the rest.
+                log.error("image of %s not synced at close: %s", self.job.job_id, exc)
+            else:
+                self.index.set_stream_position(self.job.job_id, self._epoch, self._applied_seq, settled)
             self.index.close()
         if self.tree is not None:
             self.tree.close()
