@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterator
@@ -21,8 +22,16 @@ def fs() -> Iterator[Path]:
         yield Path(mnt)
 
 
-def open_new(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+@contextlib.contextmanager
+def appending(path: Path) -> Iterator[PackAppender]:
+    """An appender on a new file at ``path``, released (buffer and descriptor) after."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    out = PackAppender(fd)
+    try:
+        yield out
+    finally:
+        out.close()
+        os.close(fd)
 
 
 def file_bytes(path: Path, out: PackAppender) -> bytes:
@@ -35,9 +44,7 @@ def file_bytes(path: Path, out: PackAppender) -> bytes:
 
 def test_appends_reach_the_file_exactly_at_flush_and_in_whole_blocks_before(fs: Path) -> None:
     path = fs / "pack"
-    fd = open_new(path)
-    out = PackAppender(fd)
-    try:
+    with appending(path) as out:
         assert out.direct  # ext4 takes O_DIRECT
         expected = bytearray()
         # Odd sizes: the buffer's partial block moves to its front after each write.
@@ -60,24 +67,16 @@ def test_appends_reach_the_file_exactly_at_flush_and_in_whole_blocks_before(fs: 
         out.append([b"trailer"])
         out.finish()
         assert path.read_bytes() == expected + b"trailer"  # cut to its end, no padding
-    finally:
-        out.close()
-        os.close(fd)
 
 
 def test_an_append_larger_than_the_buffer_grows_it(fs: Path) -> None:
     path = fs / "pack"
-    fd = open_new(path)
-    out = PackAppender(fd)
-    try:
+    with appending(path) as out:
         head, big = b"header", random_bytes(3 * FLUSH_BYTES + 123, 1)
         out.append([head])
         out.append([big])
         out.flush()
         assert file_bytes(path, out) == head + big
-    finally:
-        out.close()
-        os.close(fd)
 
 
 def test_a_filesystem_without_o_direct_is_written_through_the_cache(
@@ -86,9 +85,7 @@ def test_a_filesystem_without_o_direct_is_written_through_the_cache(
     # Simulated: tmpfs takes O_DIRECT on this kernel, so the refusal is forced here.
     monkeypatch.setattr(appender, "_set_direct", lambda fd: False)
     path = fs / "pack"
-    fd = open_new(path)
-    out = PackAppender(fd)
-    try:
+    with appending(path) as out:
         assert not out.direct
         parts = [random_bytes(10_000 + i, i) for i in range(50)]
         for part in parts:
@@ -96,17 +93,12 @@ def test_a_filesystem_without_o_direct_is_written_through_the_cache(
         assert out.readable == out.size  # every append is in the file at once
         out.sync()
         assert file_bytes(path, out) == b"".join(parts)
-    finally:
-        out.close()
-        os.close(fd)
 
 
 def test_disk_full_loses_nothing_appended_and_the_write_is_made_again(fs: Path) -> None:
     path = fs / "pack"
-    fd = open_new(path)
-    out = PackAppender(fd)
     filler = fs / "filler"
-    try:
+    with appending(path) as out:
         appended = bytearray()
         with open(filler, "wb") as f:  # leave the pack about 1 MiB
             free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
@@ -127,6 +119,3 @@ def test_disk_full_loses_nothing_appended_and_the_write_is_made_again(fs: Path) 
         filler.unlink()
         out.sync()  # space again: the same blocks are written again, padding cut
         assert file_bytes(path, out) == appended
-    finally:
-        out.close()
-        os.close(fd)
