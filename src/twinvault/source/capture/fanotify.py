@@ -58,7 +58,10 @@ FAN_REPORT_TARGET_FID = 0x1000
 FAN_REPORT_DFID_NAME_TARGET = FAN_REPORT_DIR_FID | FAN_REPORT_NAME | FAN_REPORT_FID | FAN_REPORT_TARGET_FID
 
 FAN_MARK_ADD = 0x0001
+FAN_MARK_FLUSH = 0x0080
 FAN_MARK_FILESYSTEM = 0x0100
+FAN_MARK_IGNORED_SURV_MODIFY = 0x0040
+FAN_MARK_IGNORE = 0x0400  # Linux 6.0: an ignore mask that honours FAN_EVENT_ON_CHILD
 
 FAN_EVENT_INFO_TYPE_FID = 1
 FAN_EVENT_INFO_TYPE_DFID_NAME = 2
@@ -86,6 +89,16 @@ MARK_MASK = (
     | FAN_EVENT_ON_CHILD
 )
 _CONTENT_OR_META = FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB
+# What an ignore mark on a directory outside every root keeps out of the queue: the events
+# about its files (their content and metadata through FAN_EVENT_ON_CHILD, their creation
+# and deletion as entries of the directory). Not FAN_ONDIR: its subdirectories' entry events
+# still arrive (each gets its own mark once a file event of it does). Not FAN_RENAME: a file
+# moved from there into a root must be seen, and a directory rename is what flushes the marks.
+IGNORE_MASK = FAN_CREATE | FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB | FAN_DELETE | FAN_EVENT_ON_CHILD
+IGNORE_FLAGS = FAN_MARK_ADD | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY
+# Ignore marks held at once (each pins its directory's inode in the kernel); past this they
+# are flushed and placed again as events come.
+MAX_IGNORE_MARKS = 4096
 # Events that keep the directory caches right (a directory created, deleted or moved):
 # never dropped unparsed, wherever they happen.
 _KEEPS_CACHES = FAN_RENAME | FAN_ONDIR
@@ -234,6 +247,12 @@ class FanotifyCapture:
         # source's event loop 1.8 s per 20,000 files mirrored. Cleared with `_dirs` (a
         # directory rename can move such a directory into a root).
         self._unrelated: set[bytes] = set()
+        # The directories of `_unrelated` that also carry an ignore mark, which keeps the
+        # events about their files out of the kernel queue altogether: the repository's
+        # own image files cost the source a link-count event each still (those name only
+        # the file, not its directory), but no more than that. Flushed with `_unrelated`.
+        self._ignored: set[bytes] = set()
+        self._ignore_marks = True  # until the kernel refuses one (before Linux 6.0)
         # Events whose directory handle did not resolve, with the drain round they came in.
         self._unresolved: list[tuple[int, _Event]] = []
         self._round = 0
@@ -326,7 +345,7 @@ class FanotifyCapture:
             self._overflowed = True
         # Renames were lost with the events: no cached path can be trusted any more.
         self._dirs.clear()
-        self._unrelated.clear()
+        self._forget_unrelated()
         self._dead.clear()
         self._unresolved.clear()
 
@@ -354,6 +373,7 @@ class FanotifyCapture:
             self._dead.add(key)
             self._dirs.pop(key, None)
             self._unrelated.discard(key)
+            self._ignored.discard(key)  # its mark went with the inode
             return True
         prefix = self._resolve_dir(key)
         if prefix is None:
@@ -373,8 +393,9 @@ class FanotifyCapture:
         if reported is None:
             if not is_dir and self._scope.unrelated(prefix):
                 if len(self._unrelated) >= DIR_CACHE_SIZE:
-                    self._unrelated.clear()
+                    self._forget_unrelated()
                 self._unrelated.add(key)
+                self._ignore(key)
             return True
         # Queued events on one (directory, name, inode) merge into one mask and lose their
         # order: CREATE|DELETE is create-then-delete or unlink-then-relink. Ask the disk.
@@ -407,9 +428,12 @@ class FanotifyCapture:
         old_path = None if old_prefix is _GONE else old_prefix + old[1]
         new_path = None if new_prefix is _GONE else new_prefix + new[1]
         if is_dir:
-            # Every cached path below the moved directory is stale now.
+            # Every cached path below the moved directory is stale now, and a directory
+            # outside the roots may be inside one now: its ignore mark must go before the
+            # reader walks what came in (a change made between the rename and this flush
+            # was kept out of the queue; the walk reads it).
             self._dirs.clear()
-            self._unrelated.clear()
+            self._forget_unrelated()
             if child is not None and new_path is not None:
                 self._remember_dir(child, new_path + "/")
         old_reported = self._scope.report(old_path) if old_path is not None else None
@@ -421,6 +445,53 @@ class FanotifyCapture:
         elif new_reported is not None:
             out.append(Change(ChangeKind.CHANGED, new_reported, is_dir=is_dir))
         return True
+
+    # --- directories outside the roots -------------------------------------------------
+
+    def _ignore(self, key: bytes) -> None:
+        """Have the kernel drop the events about the files of the directory whose handle is
+        `key` (found outside every root). The mark goes on that very inode, through the
+        handle, not on whatever a path names by now; only a directory rename, which
+        flushes every ignore mark, can bring it inside a root."""
+        if not self._ignore_marks or key in self._ignored:
+            return
+        assert self._group is not None
+        mount_fd = self._group.mounts.get(key[:8])
+        if mount_fd is None:
+            return
+        if len(self._ignored) >= MAX_IGNORE_MARKS:
+            self._flush_ignore_marks()
+        libc = _libc()
+        fd = libc.open_by_handle_at(mount_fd, key[8:], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if fd < 0:
+            return  # deleted meanwhile: nothing left to ignore
+        try:
+            placed = libc.fanotify_mark(self._group.fd, IGNORE_FLAGS, IGNORE_MASK, fd, None)
+            err = ctypes.get_errno()
+        finally:
+            os.close(fd)
+        if placed == 0:
+            self._ignored.add(key)
+            return
+        # EINVAL before Linux 6.0, ENOSPC at the user's mark limit: filter after reading.
+        self._ignore_marks = False
+        log.info("fanotify ignore marks are not available (%s): events outside the selection "
+                 "are filtered after they are read", os.strerror(err))  # fmt: skip
+
+    def _forget_unrelated(self) -> None:
+        self._unrelated.clear()
+        self._flush_ignore_marks()
+
+    def _flush_ignore_marks(self) -> None:
+        if not self._ignored:
+            return
+        self._ignored.clear()
+        assert self._group is not None
+        # Removes every inode mark of the group, all of them ignore marks; the filesystem
+        # marks stay. It cannot fail on a group that placed them; if it did, events of the
+        # roots could be dropped unseen, so the capture stops (the job re-mirrors).
+        if _libc().fanotify_mark(self._group.fd, FAN_MARK_FLUSH, 0, AT_FDCWD, None) != 0:
+            raise RuntimeError(f"fanotify: cannot flush ignore marks: {os.strerror(ctypes.get_errno())}")
 
     # --- handles to paths --------------------------------------------------------------
 
