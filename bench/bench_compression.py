@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from twinvault.compression import LEVELS, ChunkCompressor, decompress_frame
+from twinvault.compression import ChunkCompressor, decompress_frame
+from twinvault.compression_levels import LEVELS
 from twinvault.source.chunker import iter_pieces
 
 LINK_MBPS = 125.0  # 1 Gbit/s of input per second

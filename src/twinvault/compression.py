@@ -1,12 +1,11 @@
-"""zstd for chunks: the transmission levels, and the one test for data not worth compressing.
+"""zstd for chunks at the transmission levels (``compression_levels``), and the one test
+for data not worth compressing.
 
 Used by the link's senders (a protection job's reader, a Data Recovery job's stream) and
 by the chunk store's codec, so that a chunk is judged compressible the same way wherever
 it is compressed, and a chunk the store holds compressed can go on the wire as it is.
 
-Levels are the seed's names (none / minimum / medium / maximum); the zstd level behind
-each was chosen by measurement (``bench/bench_compression.py``, table in
-``docs/wire.md``): minimum keeps up with a 1 Gbit/s link on one core.
+The minimum level keeps up with a 1 Gbit/s link on one core (``bench/bench_compression.py``).
 
 zstd contexts are not thread-safe: each thread gets its own.
 """
@@ -18,26 +17,11 @@ from typing import Final
 
 import zstandard
 
-from twinvault.ops import errors
-from twinvault.ops.errors import TwinvaultError
-
-# Level name -> zstd level (None: not compressed). Measured on a mixed corpus.
-LEVELS: Final[dict[str, int | None]] = {"none": None, "minimum": 1, "medium": 3, "maximum": 9}
-NONE: Final = "none"
+from twinvault.compression_levels import LEVELS, checked_level
 
 # A sample of this many bytes from the middle of a chunk decides whether the whole
 # chunk is worth a full compression (chunks of at least 4 samples only).
 PROBE_BYTES: Final = 4096
-
-
-def checked_level(name: object) -> str:
-    """The level name, or COMPRESSION_NOT_SUPPORTED (-153) for anything else."""
-    if not isinstance(name, str) or name not in LEVELS:
-        raise TwinvaultError(
-            errors.COMPRESSION_NOT_SUPPORTED,
-            f"compression {name!r}: choose one of {', '.join(LEVELS)}",
-        )
-    return name
 
 
 def worth_compressing(raw_len: int, compressed_len: int) -> bool:

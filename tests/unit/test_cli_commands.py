@@ -40,3 +40,17 @@ def test_running_a_job_command_does_not_import_the_other_commands() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for absent in ("history_cmd", "mount_cmd", "recover_cmd", "host_cmd", "'rich"):
         assert absent not in out, out
+
+
+def test_a_job_command_loads_no_codec_config_reader_or_rich_and_prints_brackets_as_they_are() -> None:
+    """What a cold `job resume` reads from disk before its request is on its way: no
+    zstandard, no TOML, no rich (a path's brackets are no markup either)."""
+    code = (
+        "import sys\n"
+        "import twinvault.cli.jobs_cmd\n"
+        "from twinvault.cli.output import say\n"
+        "say('  differs: /data/[red]x[/]')\n"
+        "print(sorted(m for m in ('zstandard', 'tomllib', 'tomli_w', 'rich') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["  differs: /data/[red]x[/]", "[]"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinvault.daemon.config import DEFAULT_API_PORT
+from twinvault.daemon.ports import DEFAULT_API_PORT
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError

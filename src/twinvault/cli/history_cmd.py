@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.cli.client import ApiClient
-from twinvault.cli.output import console, emit_json, err_console, human_bytes, table
+from twinvault.cli.output import emit_json, err_console, human_bytes, say, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -151,17 +151,17 @@ def restore(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     else:
-        console.print(
+        say(
             f"restored {reply['files']} files ({human_bytes(reply['bytes'])}), {reply['directories']} "
             f"directories, {reply['links']} hard links of {args.image} at {reply['point']} into {target}"
             + (f" (resumed after op {skip})" if skip else "")
         )
         for path in writer.replaced_paths[:50]:
-            console.print(f"  replaced: {path}")
+            say(f"  replaced: {path}")
         if writer.replaced > 50:
-            console.print(f"  ... {writer.replaced - 50} more replaced")
+            say(f"  ... {writer.replaced - 50} more replaced")
         for failure in failed[:50]:
-            console.print(f"  failed: {failure['path']}: {failure['error']}")
+            say(f"  failed: {failure['path']}: {failure['error']}")
     return 1 if failed else 0
 
 
@@ -240,7 +240,7 @@ def snapshot_delete(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     else:
-        console.print(f"snapshot {args.snapshot} of {args.image} deleted")
+        say(f"snapshot {args.snapshot} of {args.image} deleted")
     return 0
 
 
@@ -252,15 +252,15 @@ def repo_check(args: argparse.Namespace) -> int:
         emit_json(reply)
     else:
         what = "every chunk read and hashed" if reply["read_data"] else "every reference"
-        console.print(
+        say(
             f"checked {reply['checked_chunks']} chunks ({what}): {reply['missing_chunks']} missing, "
             f"{reply['corrupt_chunks']} corrupt, {reply['damaged_versions']} file versions damaged"
         )
         for d in reply["damaged"]:
             until = d["valid_to"] or "now (live)"
-            console.print(f"  damaged: {d['image']}:{d['path']} valid {d['valid_from']} .. {until}")
+            say(f"  damaged: {d['image']}:{d['path']} valid {d['valid_from']} .. {until}")
         for problem in reply["problems"]:
-            console.print(f"  problem: {problem}")
+            say(f"  problem: {problem}")
     return 0 if reply["ok"] else 3
 
 
@@ -269,7 +269,7 @@ def repo_prune(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     else:
-        console.print(
+        say(
             f"pruned {reply['versions']} versions and {reply['chunks']} chunks "
             f"({human_bytes(reply['bytes'])}) in {reply['images']} images"
         )

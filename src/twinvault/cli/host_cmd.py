@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.cli.client import ApiClient, Credential, CredentialCache, host_key
-from twinvault.cli.output import console, emit_json
+from twinvault.cli.output import console, emit_json, say
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import (
     Home,
@@ -198,7 +198,7 @@ def login(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"host": key, "fingerprint": actual, "name": reply.get("name")})
     else:
-        console.print(f"logged in to {reply.get('name')} ({key}), fingerprint {actual}")
+        say(f"logged in to {reply.get('name')} ({key}), fingerprint {actual}")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, config_dir
-from twinvault.cli.output import console, emit_json, human_bytes, table
+from twinvault.cli.output import console, emit_json, human_bytes, say, table
 from twinvault.cli.transmission import add_transmission_options, transmission_body
 from twinvault.durable import write_private
 from twinvault.ops import errors
@@ -90,7 +90,7 @@ def job_forget(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"forgotten": args.job})
     else:
-        console.print(f"job {args.job} is no longer monitored (twinvault job import brings it back)")
+        say(f"job {args.job} is no longer monitored (twinvault job import brings it back)")
     return 0
 
 
@@ -102,7 +102,7 @@ def job_import(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"imported": sorted(ids)})
     else:
-        console.print(f"monitoring {len(ids)} job(s) of {args.server}")
+        say(f"monitoring {len(ids)} job(s) of {args.server}")
     return 0
 
 
@@ -200,20 +200,18 @@ def job_action(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     elif args.action == "verify":
-        console.print(
+        say(
             f"{reply['difference_count']} differing paths, {reply['orphan_count']} orphans"
             + (" (remirror started)" if args.remirror and reply["difference_count"] else "")
         )
         for path in reply["differences"][:50]:
-            console.print(f"  differs: {path}")
+            say(f"  differs: {path}")
         for path in reply["orphans"][:50]:
-            console.print(f"  orphan:  {path}")
+            say(f"  orphan:  {path}")
     elif args.action == "snapshot":
-        console.print(
-            f"snapshot {reply['id']} of image {reply['image']} at {reply['time']} ({reply['status']})"
-        )
+        say(f"snapshot {reply['id']} of image {reply['image']} at {reply['time']} ({reply['status']})")
     else:
-        console.print(f"job {args.job}: {args.action} done")
+        say(f"job {args.job}: {args.action} done")
     if args.action == "verify" and not args.remirror and (reply["difference_count"] or reply["orphan_count"]):
         return 3  # like diff(1): the comparison found differences
     return 0
@@ -233,9 +231,9 @@ def job_schedule(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     elif reply["enabled"] and reply["next"]:
-        console.print(f"job {args.job}: a snapshot every {reply['every_s']:g} s, next at {reply['next']}")
+        say(f"job {args.job}: a snapshot every {reply['every_s']:g} s, next at {reply['next']}")
     else:
-        console.print(f"job {args.job}: scheduled snapshots {'on' if reply['enabled'] else 'off'}")
+        say(f"job {args.job}: scheduled snapshots {'on' if reply['enabled'] else 'off'}")
     return 0
 
 
@@ -248,7 +246,7 @@ def job_set(args: argparse.Namespace) -> int:
         emit_json(reply)
     else:
         periods = ", ".join(reply.get("periods") or []) or "none"
-        console.print(
+        say(
             f"job {args.job}: limit now {_kbps(reply['limit_kbps'])} ({reply['period']} period; "
             f"outside periods {_kbps(reply['default_kbps'])}; periods: {periods}); "
             f"sending to {reply['peer_address']}"

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from twinvault.cli.client import ApiClient
-from twinvault.cli.output import console, emit_json, table
+from twinvault.cli.output import emit_json, say, table
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -50,7 +50,7 @@ def mount(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     else:
-        console.print(
+        say(
             f"mounted {reply['image']} ({reply['point']}, instant {reply['time']}) read-only at "
             f"{reply['mountpoint']}; twinvault umount {reply['mountpoint']} to stop"
         )
@@ -64,7 +64,7 @@ def umount(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(reply)
     else:
-        console.print(f"unmounted {reply['image']} from {reply['mountpoint']}")
+        say(f"unmounted {reply['image']} from {reply['mountpoint']}")
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from twinvault.cli.client import ApiClient
-from twinvault.cli.output import console, emit_json, table
+from twinvault.cli.output import emit_json, say, table
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 
@@ -195,14 +195,14 @@ def notify_test(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(sent)
     else:
-        console.print(f"test e-mail sent to {', '.join(sent['to'])}")
+        say(f"test e-mail sent to {', '.join(sent['to'])}")
     return 0
 
 
 def _print(server: str, shown: dict[str, Any]) -> None:
     settings = shown.get("settings")
     if settings is None:
-        console.print(f"no e-mail settings on {server} (twinvault notify set)")
+        say(f"no e-mail settings on {server} (twinvault notify set)")
         return
     rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in settings.items()]
     rows += [(f"status.{k}", v) for k, v in shown["status"].items()]

@@ -35,6 +35,12 @@ console: Any = _Console()
 err_console: Any = _Console(stderr=True)
 
 
+def say(text: str) -> None:
+    """One line of plain text on stdout. Not through rich: a path may hold brackets that
+    rich would take for markup, and importing rich is a third of a cold console start."""
+    sys.stdout.write(text + "\n")
+
+
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=1, default=str) + "\n")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, split_host
 from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
-from twinvault.cli.output import console, emit_json
+from twinvault.cli.output import emit_json, say
 from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -99,5 +99,5 @@ def protect(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"job": job_id, "image_location": image["image_location"]})
     else:
-        console.print(f"job {job_id}: {source_info['name']} -> {image['name']}:{image['image_location']}")
+        say(f"job {job_id}: {source_info['name']} -> {image['name']}:{image['image_location']}")
     return 0

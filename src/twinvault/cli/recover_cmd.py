@@ -16,7 +16,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
 from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
-from twinvault.cli.output import console, emit_json, human_bytes
+from twinvault.cli.output import console, emit_json, human_bytes, say
 from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -125,7 +125,7 @@ def recover(args: argparse.Namespace) -> int:
         emit_json({**summary, "bytes": plan["bytes"], "warnings": warnings})
     else:
         _print_report(plan, [], warnings, False)
-        console.print(f"job {job_id}: Data Recovery of {args.image} at {plan['point_label']} -> "
+        say(f"job {job_id}: Data Recovery of {args.image} at {plan['point_label']} -> "
                       f"{target_name}:{args.target_path}")  # fmt: skip
     return 0
 
@@ -135,7 +135,7 @@ def _print_report(
 ) -> None:
     if quiet:
         return
-    console.print(f"validation: {plan['files']} files, {human_bytes(plan['bytes'])} at {plan['point_label']}")
+    say(f"validation: {plan['files']} files, {human_bytes(plan['bytes'])} at {plan['point_label']}")
     for error in found:
         console.print(f"  [red]error[/] {error['code']}: {error['message']}")
     for warning in warnings:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from twinvault.compression import LEVELS
+from twinvault.compression_levels import LEVELS
 
 
 def add_transmission_options(p: argparse.ArgumentParser, *, changing: bool = False) -> None:

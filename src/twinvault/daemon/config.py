@@ -25,10 +25,8 @@ from typing import Any
 
 import tomli_w
 
+from twinvault.daemon.ports import DEFAULT_API_PORT, DEFAULT_PEER_PORT
 from twinvault.durable import write_private
-
-DEFAULT_PEER_PORT = 6320
-DEFAULT_API_PORT = 6340
 
 
 @dataclass(slots=True)

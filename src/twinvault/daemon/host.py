@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.clock import clock_from_environment
-from twinvault.compression import checked_level
+from twinvault.compression_levels import checked_level
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import Home, HostConfig, load_config
 from twinvault.daemon.history_service import HistoryService

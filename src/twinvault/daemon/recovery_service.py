@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.clock import Clock
-from twinvault.compression import NONE, checked_level
+from twinvault.compression_levels import NONE, checked_level
 from twinvault.daemon.config import Home, HostConfig
 from twinvault.daemon.history_service import HistoryService
 from twinvault.durable import write_private

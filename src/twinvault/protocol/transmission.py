@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from twinvault.compression import checked_level
+from twinvault.compression_levels import checked_level
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol.bandwidth import BandwidthKeeper, BandwidthSchedule, schedule_from_options

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from twinvault.clock import Clock
-from twinvault.compression import NONE
+from twinvault.compression_levels import NONE
 from twinvault.ops import events as ev
 from twinvault.ops.errors import TwinvaultError
 from twinvault.pit.opstream import PointInTimeStream, payload_of, versions_for
