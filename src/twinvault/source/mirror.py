@@ -80,18 +80,16 @@ def plan_mirror(
     if walk is None:
         walk = walk_selection(selection)
     plan = MirrorPlan()
-    fields = walk.fields
-    width = SourceWalk.WIDTH
-    for i, path in enumerate(walk.paths):
-        at = i * width
-        _compare(path, view, plan, checksum, *fields[at : at + width])
+    entries = view.entries
+    # One iterator five times over: each path with its five fields, no slice per entry.
+    fields = iter(walk.fields)
+    rows = zip(walk.paths, *[fields] * SourceWalk.WIDTH, strict=True)
+    for path, mode, uid, gid, size, mtime_ns in rows:
+        _compare(path, entries.get(path), plan, checksum, mode, uid, gid, size, mtime_ns)
     ancestors = set(selection.ancestors())
     plan.ancestors_sent = [p for p in plan.to_send if p in ancestors]
-    seen = set(walk.paths)
     prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)
-    for path in view.entries:
-        if path in seen:
-            continue
+    for path in entries.keys() - set(walk.paths):
         inside = path in selection.roots or path.startswith(prefixes)
         if inside and not selection.excluded(path):
             plan.orphans.append(path)
@@ -140,7 +138,7 @@ def _walk(root: str, selection: Selection, walk: SourceWalk) -> None:
 
 def _compare(
     path: str,
-    view: RemoteView,
+    remote: RemoteEntry | None,
     plan: MirrorPlan,
     checksum: bool,
     mode: int,
@@ -149,7 +147,6 @@ def _compare(
     size: int,
     mtime_ns: int,
 ) -> None:
-    remote = view.entries.get(path)
     is_file = stat.S_ISREG(mode)
     if not is_file:
         size = 0
