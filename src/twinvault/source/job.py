@@ -58,6 +58,7 @@ RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 STATUS_INTERVAL = 2.0
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 LINK_TIMEOUT = 10.0
+RELEASE_AFTER = 2.0  # seconds from a mirror's end to handing its memory back
 MIRROR_MARK = m.MARK_MIRROR_COMPLETE
 
 
@@ -592,8 +593,10 @@ class ProtectionJob:
                     self.mirror.status = "Idle"
                     self.mirror.bytes_sent = self.mirror.bytes_acked = self.mirror.bytes_to_send
                     self._emit(ev.MIRROR_COMPLETED, **self._fields(), detail="")
-                    # A mirror's plan and queue are gone now: give their memory back.
-                    release_free_memory()
+                    # A mirror's plan and queue are gone now: give their memory back, a
+                    # moment later: the full collection holds the event loop for ~0.1 s
+                    # after a large mirror, which is not to delay the status saying so.
+                    self._loop.call_later(RELEASE_AFTER, release_free_memory)
             elif kind == m.MANIFEST:
                 view = self._manifest_view
                 for e in msg[2]:
