@@ -54,3 +54,13 @@ def test_a_job_command_loads_no_codec_config_reader_or_rich_and_prints_brackets_
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["  differs: /data/[red]x[/]", "[]"]
+
+
+def test_markup_lines_print_a_peers_text_as_it_is() -> None:
+    from rich.console import Console
+
+    from twinvault.cli.output import literal
+
+    console = Console(record=True, width=200)
+    console.print(f"  [yellow]warning[/]: {literal('/data/[red]x[/] and [bold]')}")
+    assert console.export_text().strip() == "warning: /data/[red]x[/] and [bold]"

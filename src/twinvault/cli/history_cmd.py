@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.cli.client import ApiClient
-from twinvault.cli.output import emit_json, err_console, human_bytes, say, table
+from twinvault.cli.output import emit_json, err_console, human_bytes, literal, say, table
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -112,8 +112,10 @@ def restore(args: argparse.Namespace) -> int:
     if skip:
         remove_temporaries(target)
     elif target.is_dir() and any(target.iterdir()) and not args.json:
-        err_console.print(f"[yellow]warning[/]: {target} is not empty: entries of the point replace entries "
-                          "of the same name (listed at the end); other entries stay")  # fmt: skip
+        err_console.print(
+            f"[yellow]warning[/]: {literal(target)} is not empty: entries of the point replace "
+            "entries of the same name (listed at the end); other entries stay"
+        )
     client = ApiClient.for_host(args.repository)
     frames = _frames(client.stream(f"/api/images/{args.image}/stream", {**request, "skip_through": skip}))
     header = next(frames, None)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twinvault.cli.client import ApiClient, Credential, CredentialCache, host_key
-from twinvault.cli.output import console, emit_json, say
+from twinvault.cli.output import console, emit_json, literal, say
 from twinvault.daemon.accounts import Accounts
 from twinvault.daemon.config import (
     Home,
@@ -142,7 +142,8 @@ def setup(args: argparse.Namespace) -> int:
         emit_json(result)
     else:
         console.print(
-            f"host [bold]{config.name}[/] ready in {home.root}; fingerprint {result['fingerprint']}"
+            f"host [bold]{literal(config.name)}[/] ready in {literal(home.root)}; "
+            f"fingerprint {result['fingerprint']}"
         )
     return 0
 

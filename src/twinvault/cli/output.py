@@ -41,6 +41,14 @@ def say(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def literal(text: object) -> str:
+    """``text`` for a rich markup string, its brackets escaped (a path or a peer's message
+    must print as it is, not as markup)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=1, default=str) + "\n")
 

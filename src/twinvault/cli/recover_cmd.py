@@ -16,7 +16,7 @@ from typing import Any
 
 from twinvault.cli.client import ApiClient, CredentialCache, split_host
 from twinvault.cli.notify_cmd import add_settings_options, apply_settings, settings_changes
-from twinvault.cli.output import console, emit_json, human_bytes, say
+from twinvault.cli.output import console, emit_json, human_bytes, literal, say
 from twinvault.cli.transmission import add_transmission_options, transmission_options
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
@@ -137,9 +137,9 @@ def _print_report(
         return
     say(f"validation: {plan['files']} files, {human_bytes(plan['bytes'])} at {plan['point_label']}")
     for error in found:
-        console.print(f"  [red]error[/] {error['code']}: {error['message']}")
+        console.print(f"  [red]error[/] {error['code']}: {literal(error['message'])}")
     for warning in warnings:
-        console.print(f"  [yellow]warning[/]: {warning}")
+        console.print(f"  [yellow]warning[/]: {literal(warning)}")
 
 
 def _source_of(repository: ApiClient, image: str) -> str | None:

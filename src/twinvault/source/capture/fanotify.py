@@ -4,9 +4,12 @@ One `FAN_MARK_FILESYSTEM` mark per filesystem holding a root sees every change o
 filesystem, from every process, with no per-directory watch to place or run out of. Events
 name entries by directory file handle + name (`FAN_REPORT_DFID_NAME_TARGET`); directory
 handles are turned into paths with `open_by_handle_at` + readlink of /proc/self/fd and kept
-in a bounded cache, and paths outside the roots are dropped. Renames arrive as one
-`FAN_RENAME` event carrying both sides. Whatever cannot be resolved to a path for certain
-comes out as OVERFLOW, so the caller re-mirrors instead of missing a change.
+in a bounded cache, and paths outside the roots are dropped. A directory found outside
+every root gets an ignore mark, so the kernel stops queueing the events about its files
+(a repository, or any busy writer, on the same filesystem); a directory rename flushes
+those marks. Renames arrive as one `FAN_RENAME` event carrying both sides. Whatever
+cannot be resolved to a path for certain comes out as OVERFLOW, so the caller re-mirrors
+instead of missing a change.
 
 Neighbours: `events.py` (the interface, scope filter and feed), `inotify.py` (the fallback).
 """
