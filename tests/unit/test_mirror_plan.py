@@ -231,3 +231,43 @@ def test_checksum_mirror_of_an_unchanged_tree_sends_nothing(src_tree: str) -> No
     plan = plan_mirror(selection, view_of(selection), checksum=True)
     assert inside(plan.to_send, src_tree) == []
     assert plan.skipped_bytes == plan.bytes_total
+
+
+@pytest.mark.parametrize("walk_ends_after", [0, 1, 3, 99])
+def test_a_plan_made_as_the_manifest_arrives_equals_the_plan_made_at_once(
+    src_tree: str, walk_ends_after: int
+) -> None:
+    """The job compares manifest batches as they come once its walk is done (PlanBuilder);
+    wherever the walk ends among the batches, the plan is the one made in one go."""
+    from twinvault.source.mirror import PlanBuilder, walk_selection
+
+    selection = Selection.build([src_tree], [])
+    view = view_of(selection)
+    changed = sorted(p for p in tree_paths(src_tree) if stat.S_ISREG(os.lstat(p).st_mode))[:3]
+    for path in changed:
+        os.utime(path, ns=(1, 1))
+    orphan = os.path.join(src_tree, "gone-from-the-source")
+    view.add(orphan, RemoteEntry("file", 1, 1, 0o644, 0, 0, b""))
+    walk = walk_selection(selection)
+    whole = plan_mirror(selection, view, walk=walk)
+
+    planning = PlanBuilder(selection)
+    arriving = RemoteView()
+    entries = list(view.entries.items())
+    batches = [entries[i : i + 7] for i in range(0, len(entries), 7)]
+    for i, batch in enumerate(batches):
+        if i == walk_ends_after:
+            planning.walked(walk)
+        for path, entry in batch:
+            arriving.add(path, entry)
+        planning.remote(batch)
+    if planning.walk is None:
+        planning.walked(walk)
+    made = planning.finish(arriving)
+
+    assert made.to_send == whole.to_send and set(changed) <= set(made.to_send)
+    assert made.orphans == whole.orphans == [orphan]
+    assert (made.files_total, made.bytes_total, made.skipped_bytes, made.bytes_to_send) == (
+        whole.files_total, whole.bytes_total, whole.skipped_bytes, whole.bytes_to_send,
+    )  # fmt: skip
+    assert made.skipped_bytes > 0

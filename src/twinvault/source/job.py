@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from twinvault.protocol.transmission import Receiver
 from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
-from twinvault.source.mirror import MirrorPlan, plan_mirror, walk_selection
+from twinvault.source.mirror import MirrorPlan, PlanBuilder, SourceWalk, plan_mirror, walk_selection
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
@@ -173,6 +174,7 @@ class ProtectionJob:
         self._verify_waiters: list[asyncio.Future[MirrorPlan]] = []
         self._manifest_waiter: asyncio.Future[RemoteView] | None = None
         self._manifest_view = RemoteView()
+        self._planning: PlanBuilder | None = None  # the running difference mirror's plan
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reader_thread: threading.Thread | None = None
@@ -503,16 +505,28 @@ class ProtectionJob:
             **self._fields(),
         )
         await self._sent_through(self.stream.last_seq)
-        # The source's walk runs while the repository walks its image and streams it.
+        # The source's walk runs while the repository walks its image and streams it; a
+        # difference mirror compares each manifest batch as it comes once the walk is done.
+        # A checksum mirror reads files to compare: it is planned afterwards, on a thread.
+        planning = None if checksum else PlanBuilder(self.selection)
         walking = asyncio.create_task(asyncio.to_thread(walk_selection, self.selection))
+        if planning is not None:
+            walking.add_done_callback(functools.partial(_walked, planning))
+        self._planning = planning
         try:
             view = await self._request_manifest(link, checksum)
             walk = await walking
         finally:
             walking.cancel()
+            self._planning = None
         self.view = view
         self.reader.view = view
-        plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum, walk=walk)
+        if planning is None:
+            plan = await asyncio.to_thread(plan_mirror, self.selection, view, checksum=checksum, walk=walk)
+        else:
+            if planning.walk is None:
+                planning.walked(walk)
+            plan = planning.finish(view)
         for waiter in self._verify_waiters:
             if not waiter.done():
                 waiter.set_result(plan)
@@ -599,11 +613,16 @@ class ProtectionJob:
                     self._loop.call_later(RELEASE_AFTER, release_free_memory)
             elif kind == m.MANIFEST:
                 view = self._manifest_view
+                entries = []
                 for e in msg[2]:
                     # (A repository before the ``indexed`` field sends eight.)
                     indexed = bool(e[8]) if len(e) > 8 else True
                     entry = RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], indexed)
-                    view.add(m.path_from_wire(e[0]), entry)
+                    path = m.path_from_wire(e[0])
+                    view.add(path, entry)
+                    entries.append((path, entry))
+                if self._planning is not None:
+                    self._planning.remote(entries)
                 if msg[3] and self._manifest_waiter is not None and not self._manifest_waiter.done():
                     self._manifest_waiter.set_result(view)
                     self._manifest_view = RemoteView()
@@ -709,3 +728,9 @@ class ProtectionJob:
 
     def status(self) -> dict[str, Any]:
         return job_status(self)
+
+
+def _walked(planning: PlanBuilder, walking: asyncio.Future[SourceWalk]) -> None:
+    """The walk of a difference mirror ended: compare what of the manifest came before it."""
+    if not walking.cancelled() and walking.exception() is None:
+        planning.walked(walking.result())

@@ -10,6 +10,7 @@ lacks are *orphans*.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
 from array import array
@@ -77,32 +78,96 @@ def plan_mirror(
     selection: Selection, view: RemoteView, *, checksum: bool = False, walk: SourceWalk | None = None
 ) -> MirrorPlan:
     """Compare ``walk`` (a walk of the selection, taken now when not given) with ``view``."""
-    if walk is None:
-        walk = walk_selection(selection)
-    plan = MirrorPlan()
-    entries = view.entries
-    # One iterator five times over: each path with its five fields, no slice per entry.
-    fields = iter(walk.fields)
-    rows = zip(walk.paths, *[fields] * SourceWalk.WIDTH, strict=True)
-    for path, mode, uid, gid, size, mtime_ns in rows:
-        _compare(path, entries.get(path), plan, checksum, mode, uid, gid, size, mtime_ns)
-    ancestors = set(selection.ancestors())
-    plan.ancestors_sent = [p for p in plan.to_send if p in ancestors]
-    prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)
-    for path in entries.keys() - set(walk.paths):
-        inside = path in selection.roots or path.startswith(prefixes)
-        if inside and not selection.excluded(path):
-            plan.orphans.append(path)
-    # Deleting a directory deletes what is under it: report the topmost orphans only.
-    # Sorting by components puts a directory right before its descendants ("gone",
-    # "gone/a", "gone-2"), which plain string order does not ("-" sorts before "/").
-    plan.orphans.sort(key=lambda p: p.split("/"))
-    top: list[str] = []
-    for path in plan.orphans:
-        if not top or not path.startswith(top[-1].rstrip("/") + "/"):
-            top.append(path)
-    plan.orphans = top
-    return plan
+    planning = PlanBuilder(selection, checksum=checksum)
+    planning.walked(walk if walk is not None else walk_selection(selection), view)
+    return planning.finish(view)
+
+
+class PlanBuilder:
+    """A plan made while the manifest arrives. A difference mirror's walk of the source
+    usually ends before the repository's walk of its image: from then on each manifest
+    batch is compared as it comes (`remote`), so the plan is all but made when the last
+    one arrives, instead of a pass over every entry starting only then (~0.1 s per 50,000
+    entries of a no-change mirror)."""
+
+    def __init__(self, selection: Selection, *, checksum: bool = False) -> None:
+        self.selection = selection
+        self.checksum = checksum  # compares contents: reads files (not on an event loop)
+        self.walk: SourceWalk | None = None
+        self.plan = MirrorPlan()
+        self._rows: dict[str, int] = {}
+        self._send = bytearray()  # per walk row: 1 until found the same in the manifest
+        self._waiting: list[tuple[str, RemoteEntry]] = []  # entries that came before the walk
+
+    def remote(self, entries: list[tuple[str, RemoteEntry]]) -> None:
+        """Entries of the manifest, as they arrive."""
+        if self.walk is None:
+            self._waiting.extend(entries)
+            return
+        for path, entry in entries:
+            row = self._rows.get(path)
+            if row is not None:
+                self._match(row, path, entry)
+
+    def walked(self, walk: SourceWalk, view: RemoteView | None = None) -> None:
+        """The walk is done: compare what came before it (or, given ``view``, all of it,
+        row by row in walk order)."""
+        self.walk = walk
+        paths, fields, width = walk.paths, walk.fields, SourceWalk.WIDTH
+        self._rows = {path: row for row, path in enumerate(paths)}
+        self._send = bytearray(b"\x01") * len(paths)
+        plan = self.plan
+        for mode, size in zip(fields[0::width], fields[3::width], strict=True):
+            if stat.S_ISREG(mode):
+                plan.files_total += 1
+                plan.bytes_total += size
+        if view is not None:
+            entries = view.entries
+            for row, path in enumerate(paths):
+                entry = entries.get(path)
+                if entry is not None:
+                    self._match(row, path, entry)
+        waiting, self._waiting = self._waiting, []
+        self.remote(waiting)
+
+    def _match(self, row: int, path: str, remote: RemoteEntry) -> None:
+        assert self.walk is not None
+        at = row * SourceWalk.WIDTH
+        mode, uid, gid, size, mtime_ns = self.walk.fields[at : at + SourceWalk.WIDTH]
+        is_file = stat.S_ISREG(mode)
+        if not is_file:
+            size = 0
+        if not _same(mode, uid, gid, size, mtime_ns, remote):
+            return
+        if self.checksum and is_file and not _same_content(path, remote):
+            self.plan.content_differs.append(path)
+            return
+        self._send[row] = 0
+        self.plan.skipped_bytes += size
+
+    def finish(self, view: RemoteView) -> MirrorPlan:
+        """The plan, once the whole manifest is in ``view`` and the walk is done."""
+        assert self.walk is not None
+        selection, plan, walk = self.selection, self.plan, self.walk
+        plan.to_send = list(itertools.compress(walk.paths, self._send))
+        plan.bytes_to_send = plan.bytes_total - plan.skipped_bytes
+        ancestors = set(selection.ancestors())
+        plan.ancestors_sent = [p for p in plan.to_send if p in ancestors]
+        prefixes = tuple(r.rstrip("/") + "/" for r in selection.roots)
+        for path in view.entries.keys() - self._rows.keys():
+            inside = path in selection.roots or path.startswith(prefixes)
+            if inside and not selection.excluded(path):
+                plan.orphans.append(path)
+        # Deleting a directory deletes what is under it: report the topmost orphans only.
+        # Sorting by components puts a directory right before its descendants ("gone",
+        # "gone/a", "gone-2"), which plain string order does not ("-" sorts before "/").
+        plan.orphans.sort(key=lambda p: p.split("/"))
+        top: list[str] = []
+        for path in plan.orphans:
+            if not top or not path.startswith(top[-1].rstrip("/") + "/"):
+                top.append(path)
+        plan.orphans = top
+        return plan
 
 
 def _walk(root: str, selection: Selection, walk: SourceWalk) -> None:
@@ -134,32 +199,6 @@ def _walk(root: str, selection: Selection, walk: SourceWalk) -> None:
             if stat.S_ISDIR(est.st_mode):
                 subdirs.append(path)
         stack.extend(reversed(subdirs))
-
-
-def _compare(
-    path: str,
-    remote: RemoteEntry | None,
-    plan: MirrorPlan,
-    checksum: bool,
-    mode: int,
-    uid: int,
-    gid: int,
-    size: int,
-    mtime_ns: int,
-) -> None:
-    is_file = stat.S_ISREG(mode)
-    if not is_file:
-        size = 0
-    else:
-        plan.files_total += 1
-        plan.bytes_total += size
-    if remote is not None and _same(mode, uid, gid, size, mtime_ns, remote):
-        if not checksum or not is_file or _same_content(path, remote):
-            plan.skipped_bytes += size
-            return
-        plan.content_differs.append(path)
-    plan.to_send.append(path)
-    plan.bytes_to_send += size
 
 
 def _same(mode: int, uid: int, gid: int, size: int, mtime_ns: int, remote: RemoteEntry) -> bool:
