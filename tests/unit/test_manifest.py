@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from twinvault.repository.image_index import ImageIndex
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.repository.manifest import manifest_batches
@@ -61,6 +63,46 @@ def test_what_changed_since_the_last_commit_or_is_not_indexed_is_flagged(tmp_pat
         index.set_stream_position("job", 1, 7, after_all)
         assert index.settled("job") == after_all
         assert index.settled("other") == 0
+    finally:
+        index.close()
+        tree.close()
+
+
+def test_the_walk_reads_ahead_in_order_and_stops_with_its_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image is read on a thread ahead of the entries made (`_ImageWalk`): the entries
+    come in the walk's order (a directory's entries before its subdirectories' ones), and
+    a manifest abandoned half way (the link ended) stops that thread."""
+    import threading
+
+    from twinvault.repository import manifest
+
+    monkeypatch.setattr(manifest, "BATCH", 7)
+    monkeypatch.setattr(manifest, "READ_AHEAD_DIRS", 2)
+    image = tmp_path / "image"
+    for d in range(12):
+        (image / "data" / f"d{d:02d}" / "sub").mkdir(parents=True)
+        for f in range(5):
+            (image / "data" / f"d{d:02d}" / f"f{f}").write_bytes(b"x" * f)
+            (image / "data" / f"d{d:02d}" / "sub" / f"g{f}").write_bytes(b"y")
+    tree = ImageTree(image)
+    index = ImageIndex(tmp_path / "index.sqlite")
+    try:
+        every = [e[0] for b in manifest_batches(tree, index, [b"/data"], checksum=False) for e in b]
+        paths = every[every.index(b"/data") :]  # the root's ancestors come first
+        expected = [b"/data"] + [
+            os.fsencode("/" + os.path.relpath(os.path.join(dirpath, name), image))
+            for dirpath, dirs, files in os.walk(image / "data")
+            for name in dirs + files
+        ]
+        assert sorted(paths) == sorted(expected) and len(paths) == len(set(paths))
+        for path in paths[1:]:  # every entry comes after its directory's
+            assert paths.index(os.path.dirname(path)) < paths.index(path)
+        batches = manifest_batches(tree, index, [b"/data"], checksum=False)
+        next(batches)
+        batches.close()
+        assert not [t for t in threading.enumerate() if t.name == "manifest-walk"]
     finally:
         index.close()
         tree.close()
