@@ -41,7 +41,9 @@ class RemoteView:
         manifest arrived cost the event loop ~0.1 s per 50,000 files of a no-change mirror."""
         if self._chunks is None:
             self._chunks = set()
-            for entry in self.entries.values():
+            # A copy taken in one step (the reader's thread asks; the event loop's may
+            # drop an entry meanwhile, and a dict must not change while it is iterated).
+            for entry in list(self.entries.values()):
                 _add_digests(self._chunks, entry.digests)
         return self._chunks
 
@@ -63,8 +65,8 @@ class RemoteView:
         if is_dir is False or (entry is not None and entry.kind != "dir"):
             return  # nothing can be under it: skip the scan of every entry
         prefix = path + "/"
-        for key in [k for k in self.entries if k.startswith(prefix)]:
-            del self.entries[key]
+        for key in [k for k in list(self.entries) if k.startswith(prefix)]:  # list(): see known_chunks
+            self.entries.pop(key, None)
 
     def renamed(self, old: str, new: str) -> None:
         self.deleted(new)
@@ -73,9 +75,9 @@ class RemoteView:
             self.entries[new] = self.entries.pop(old)  # a file: no descendants to move
             return
         prefix = old + "/"
-        moved = {k: v for k, v in self.entries.items() if k == old or k.startswith(prefix)}
+        moved = {k: v for k, v in list(self.entries.items()) if k == old or k.startswith(prefix)}
         for key, value in moved.items():
-            del self.entries[key]
+            self.entries.pop(key, None)
             self.entries[new + key[len(old) :]] = value
 
     def needs_full(self, path: str) -> None:
