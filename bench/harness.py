@@ -175,6 +175,8 @@ def bench_dir(keep: bool = False) -> Iterator[Path]:
             if keep and not size:
                 print(f"(kept {base})")
             else:
+                if keep:
+                    print("(not kept: the fresh filesystem goes with the run)")
                 shutil.rmtree(base, ignore_errors=True)
 
 
