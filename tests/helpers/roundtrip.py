@@ -156,7 +156,7 @@ class Protection:
         result = Transfer()
         while (item := self.queue.take()) is not None:
             result.messages.append(decode_body(item.frame[4:]))
-        with self.applier.batch(result.messages):  # as the receiver applies what it received
+        with self.applier.batch():  # as the receiver applies what it received
             for message in result.messages:
                 outcome = self.applier.apply(message)
                 if outcome is not None:

@@ -35,7 +35,6 @@ from twinvault.ops import events as ev
 from twinvault.ops.errors import INVALID_PARAMETER, TwinvaultError
 from twinvault.pagecache import DropBehind
 from twinvault.protocol import messages as m
-from twinvault.repository.file_ahead import FilesAhead, PreparedFile, pwrite_all
 from twinvault.repository.image_index import ChunkPiece, ImageIndex, unpack_pieces
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 
@@ -91,7 +90,6 @@ class _FileTransfer:
     needs_data: bool = False
     data_end: int = 0  # end of the last bytes actually written (holes do not extend a file)
     body_done: bool = False  # a whole file's frame is written: a retry only redoes its end
-    prepared: bool = False  # written and stamped ahead (file_ahead): only the link is left
     behind: DropBehind | None = None  # a large file leaves the page cache as it is written
 
 
@@ -139,7 +137,6 @@ class Applier:
         self._held_times: dict[int, tuple[int, int]] = {}
         self._batching = 0
         tree.before_close = self._release_times
-        self._ahead = FilesAhead(tree)
         # With ``hold_written`` (set by a receiver, whose group commit takes them), image
         # files written since the last commit are held open until it has made them
         # durable; their pages then leave the cache (``pagecache.release_written``).
@@ -172,28 +169,23 @@ class Applier:
             self._restore_held_times()
 
     @contextlib.contextmanager
-    def batch(self, messages: list[list[Any]] | None = None) -> Iterator[None]:
-        """Apply several ops (``messages``, when given, are what follows): the whole small
-        files among them are written ahead on a few threads (``file_ahead``), and the
-        directory times that file bodies change are restored once at the end (and before
-        any other kind of op, which may set those times itself) instead of after each
-        file. Every op is still atomic and applied in order; only a directory's times lag
-        until the batch ends, before its group commit."""
+    def batch(self) -> Iterator[None]:
+        """Apply several ops: the directory times that file bodies change are restored
+        once at the end (and before any other kind of op, which may set those times itself)
+        instead of after each file, and the recorder's thread is woken per group of tasks.
+        Every op is still atomic and applied in order; only a directory's times lag until
+        the batch ends, before its group commit."""
         self._batching += 1
-        if messages and self._batching == 1:
-            self._ahead.start(messages)
         try:
             with self.recorder.holding() if self.recorder is not None else contextlib.nullcontext():
                 yield
         finally:
             self._batching -= 1
             if not self._batching:
-                self._ahead.drop()
                 self._restore_held_times()
 
     def close(self) -> None:
-        """Stop the threads that write files ahead (the tree is the caller's)."""
-        self._ahead.close()
+        """Close the image files still held for a commit (the tree is the caller's)."""
         for fd in self.take_written():
             os.close(fd)
 
@@ -317,11 +309,7 @@ class Applier:
     def _apply_once(self, kind: str, seq: int, msg: list[Any]) -> Outcome | None:
         if kind == m.FILE:
             if self._xfer is None or self._xfer.seq != seq:
-                prepared = self._ahead.take(seq)
-                if prepared is not None:
-                    self._file_prepared(seq, msg, prepared)
-                else:
-                    self._file_begin(seq, msg[2], int(msg[3]), msg[4])
+                self._file_begin(seq, msg[2], int(msg[3]), msg[4])
             x = self._xfer
             if x is not None and not x.body_done:
                 self._file_data(msg[5])
@@ -503,25 +491,6 @@ class Applier:
         if size >= DROP_BEHIND_SIZE:
             self._xfer.behind = DropBehind(fd)
 
-    def _file_prepared(self, seq: int, msg: list[Any], prepared: PreparedFile) -> None:
-        """Take over a file written ahead: what is left is history and the link."""
-        self.abort_transfer()
-        path = msg[2]
-        try:
-            dir_fd, name = self.tree.parent(path, create=True)
-        except BaseException:
-            os.close(prepared.fd)
-            raise
-        x = _FileTransfer(seq, path, int(msg[3]), msg[4], dir_fd, name, b"", prepared.fd)
-        x.offset, x.pieces, x.body_done, x.prepared = prepared.written, prepared.pieces, True, True
-        if prepared.pieces:
-            x.data_end = prepared.pieces[-1].offset + prepared.pieces[-1].length
-        self._xfer = x
-        if self.recorder is not None:
-            for seg in msg[5]:
-                if seg[0] == m.SEG_DATA:
-                    self.recorder.chunk(seg[1], seg[2])
-
     def _open_unnamed(self, dir_fd: int) -> int:
         """A file with no name yet in the directory (O_TMPFILE), or -1 where the filesystem
         has none. Why: linking it at its end costs the directory one entry change where a
@@ -648,11 +617,10 @@ class Applier:
             if x.needs_data:
                 return Outcome(seq, "need", x.path)
             return Outcome(seq, "failed", x.path, -1, "discarded after the retry limit")
-        if not x.prepared:
-            if x.data_end != meta.size:  # a trailing hole (or a shorter file) sets the size
-                os.ftruncate(x.fd, meta.size)
-            where = self.tree.proc_path(x.dir_fd, x.temp_name) if x.temp_name else _fd_path(x.fd)
-            fsmeta.apply_meta(os.fsdecode(where), meta, fd=x.fd)
+        if x.data_end != meta.size:  # a trailing hole (or a shorter file) sets the size
+            os.ftruncate(x.fd, meta.size)
+        where = self.tree.proc_path(x.dir_fd, x.temp_name) if x.temp_name else _fd_path(x.fd)
+        fsmeta.apply_meta(os.fsdecode(where), meta, fd=x.fd)
         self._hold_times(x.dir_fd)  # a file whose frames spanned batches
         if not x.temp_name:
             x.temp_name = self._link_unnamed(x)
@@ -733,6 +701,14 @@ def _decompressed(frame: object, length: int) -> bytes:
         return decompress_frame(frame, length)
     except FrameInvalid as exc:
         raise TwinvaultError(-1007, f"compressed segment: {exc}") from None
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
 
 
 def _fd_path(fd: int) -> bytes:

@@ -301,7 +301,7 @@ class Session:
     def _apply_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
         assert self.applier is not None and self.tree is not None and self.index is not None
         self.job.target_status = "Processing"
-        with self.applier.batch(batch):
+        with self.applier.batch():
             return self._apply_in_batch(batch)
 
     def _apply_in_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
