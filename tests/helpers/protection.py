@@ -43,6 +43,17 @@ def wait_idle(console: Console, host: TestHost, job: str, timeout: float = 60) -
     return result
 
 
+def wait_session_closed(console: Console, repository: TestHost, job: str, timeout: float = 60) -> None:
+    """Wait until the repository has closed the job's session (after a `job stop`): its
+    close syncs the image and records the instant up to which the image is committed, so
+    a test that then plays a crash's leftovers in the image must come after it."""
+
+    def closed() -> bool:
+        return not job_show(console, repository, job)["connected"]
+
+    wait_for(closed, timeout, 0.1, what=f"the repository to close the session of job {job}")
+
+
 def wait_equal(expected: Path, actual: Path, timeout: float = 30, **kw: Any) -> None:
     last: list[str] = []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.helpers.history import frozen_copy, now_iso, points, restore, settle
 from tests.helpers.hosts import Console, TestHost, wait_for
-from tests.helpers.protection import event_ids, in_image, protect
+from tests.helpers.protection import event_ids, in_image, protect, wait_session_closed
 from tests.helpers.tree import assert_trees_equal, make_rich_tree
 
 Hosts = tuple[Console, TestHost, TestHost]
@@ -304,6 +304,7 @@ def test_a_file_the_image_holds_but_its_index_never_committed_is_sent_again(
     job, image = protect(console, alpha, beta, src)
     settle(console, alpha, job, src, image)
     console.run("job", "stop", job, "--server", alpha.api)
+    wait_session_closed(console, beta, job)  # a close after the copy would vouch for it
     (src / "late.bin").write_bytes(os.urandom(30_000))
     shutil.copy2(src / "late.bin", in_image(image, src) / "late.bin")  # size, time, mode alike
     dir_times = os.stat(src)

@@ -50,7 +50,8 @@ def test_what_changed_since_the_last_commit_or_is_not_indexed_is_flagged(tmp_pat
         index.record_file(b"/data/indexed.txt", st.st_size, st.st_mtime_ns, [])
 
         def flags(settled_ns: int | None) -> dict[bytes, bool]:
-            batches = manifest_batches(tree, index, [b"/data"], checksum=False, settled_ns=settled_ns)
+            committed = None if settled_ns is None else (lambda ctime_ns: ctime_ns < settled_ns)
+            batches = manifest_batches(tree, index, [b"/data"], checksum=False, committed=committed)
             return {e[0]: e[8] for batch in batches for e in batch}
 
         after_all = os.stat(d).st_ctime_ns + 10**9  # a commit after every change

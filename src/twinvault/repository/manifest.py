@@ -7,7 +7,7 @@ for a checksum mirror, from reading the file itself.
 An entry may be in the image and nowhere else: a crash between an op's change of the image
 and the group commit that records it (index, history) leaves it there, and a difference
 mirror that trusted it would never record it. So an entry changed since the last commit
-(its ctime, which no utime can set back, is after the commit's ``settled_ns``) and a file
+(its ctime, which no utime can set back, is in no commit: see ``Session.committed``) and a file
 the index does not know at its size and time are flagged ``indexed: false``, and the
 source sends them again. Stale temporary files of an
 interrupted transfer are removed on the way, so nothing a crash leaves behind needs
@@ -21,7 +21,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twinvault import fsmeta
@@ -35,12 +35,18 @@ _TEMP = TEMP_PREFIX.encode()
 
 
 def manifest_batches(
-    tree: ImageTree, index: ImageIndex, roots: list[bytes], *, checksum: bool, settled_ns: int | None = None
+    tree: ImageTree,
+    index: ImageIndex,
+    roots: list[bytes],
+    *,
+    checksum: bool,
+    committed: Callable[[int], bool] | None = None,
 ) -> Iterator[list[list[Any]]]:
     """Entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests, indexed]`` in
-    batches (``indexed``: False for what the last commit may not hold; ``settled_ns`` None:
-    the commit time is unknown, only the index is asked)."""
-    changed_after = (1 << 63) if settled_ns is None else settled_ns
+    batches (``indexed``: False for what no commit may hold: ``committed`` says whether a
+    change made at a ctime is committed; None: the commit times are unknown, only the index
+    is asked)."""
+    is_committed = committed if committed is not None else _always
     batch: list[list[Any]] = []
     base = os.fsencode(tree.root)
     ancestors: set[bytes] = set()
@@ -52,7 +58,7 @@ def manifest_batches(
                 break
             parent = os.path.dirname(parent)
     for path in sorted(ancestors):
-        entry = _entry(base, path, None, index, checksum, changed_after)
+        entry = _entry(base, path, None, index, checksum, is_committed)
         if entry is not None:
             batch.append(entry)
     for root in roots:
@@ -61,7 +67,7 @@ def manifest_batches(
         walk = _ImageWalk(base, root)
         try:
             indexed = index.files_under(root)
-            first = _entry(base, root, indexed, index, checksum, changed_after)
+            first = _entry(base, root, indexed, index, checksum, is_committed)
             if first is None:
                 continue
             batch.append(first)
@@ -74,7 +80,7 @@ def manifest_batches(
                     if name.startswith(_TEMP):
                         _remove_stale_temp(base + directory, e.path)
                         continue
-                    entry = _entry(base, prefix + name, indexed, index, checksum, changed_after, e)
+                    entry = _entry(base, prefix + name, indexed, index, checksum, is_committed, e)
                     if entry is None:
                         continue
                     batch.append(entry)
@@ -138,6 +144,10 @@ class _ImageWalk:
                 return
 
 
+def _always(ctime_ns: int) -> bool:
+    return True
+
+
 def _remove_stale_temp(directory: bytes, path: bytes) -> None:
     """Remove a crash's half-received file, keeping the directory's times: the entry of
     the directory is already in the manifest, and its times are the source's."""
@@ -153,7 +163,7 @@ def _entry(
     indexed: dict[bytes, Any] | None,
     index: ImageIndex,
     checksum: bool,
-    changed_after: int,
+    committed: Callable[[int], bool],
     dirent: os.DirEntry[bytes] | None = None,
 ) -> list[Any] | None:
     try:
@@ -162,7 +172,7 @@ def _entry(
         return None
     kind = fsmeta.kind_of(st.st_mode)
     digests = b""
-    known_here = st.st_ctime_ns < changed_after
+    known_here = committed(st.st_ctime_ns)
     if kind == "file":
         known = indexed.get(path) if indexed is not None else index.file(path)
         matches = known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns

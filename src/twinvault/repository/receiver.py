@@ -132,6 +132,10 @@ class Session:
         self.replaced = False
         self.finished = asyncio.Event()
         self._recovered_seq = 0  # a recovery's complete mark, reported once it is committed
+        # When this session opened, and the commit time of the sessions before it (None:
+        # an index older than commit times): see ``committed``.
+        self._opened = 0
+        self._baseline: int | None = None
         self._resettle = False  # a commit's time is to be moved on once the stream is quiet
 
     def replace(self) -> None:
@@ -196,6 +200,8 @@ class Session:
             recorder=self.recorder,
         )
         self.applier.hold_written = True  # released by _ack_loop after each sync
+        self._opened = settled_now()  # every change this session's applier makes is later
+        self._baseline = self.index.settled(self.job.job_id)
         epoch, last = self.index.stream_position(self.job.job_id)
         # Ops a reconnecting source resends that were already applied are skipped.
         self._skip_upto = last if epoch == self._epoch else 0
@@ -338,10 +344,10 @@ class Session:
         each before walking on left the disk idle while the link sent."""
         assert self.tree is not None and self.index is not None
         roots = [r for r in msg[2] if isinstance(r, bytes)]
-        settled = self.index.settled(self.job.job_id)
+        committed = self.committed()
         pending: list[list[Any]] | None = None
         sending: concurrent.futures.Future[None] | None = None
-        batches = manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3]), settled_ns=settled)
+        batches = manifest_batches(self.tree, self.index, roots, checksum=bool(msg[3]), committed=committed)
         for entries in batches:
             if pending is not None:
                 if sending is not None:
@@ -351,6 +357,20 @@ class Session:
         if sending is not None:
             sending.result()
         self._send_from_thread([m.MANIFEST, msg[1], pending or [], True])
+
+    def committed(self) -> Callable[[int], bool] | None:
+        """Whether a change of the image made at a ctime is in a commit: made before the
+        last commit of the sessions before this one (read when it opened), or made by this
+        session's applier (at or after it opened) before its own last commit. A change in
+        between is no op's of this session: what a killed repository left in the image
+        without committing it. (Its commits' times alone would vouch for that too: a
+        mirror's start mark is committed before the manifest is asked for.)"""
+        assert self.index is not None
+        latest = self.index.settled(self.job.job_id)
+        baseline, opened = self._baseline, self._opened
+        if baseline is None or latest is None:
+            return None
+        return lambda ctime_ns: ctime_ns < baseline or opened <= ctime_ns < latest
 
     def _send_from_thread(self, message: list[Any]) -> None:
         self._send_soon(message).result()
