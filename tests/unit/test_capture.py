@@ -111,18 +111,30 @@ def _fanotify_marks_unsupported(path: Path) -> str:
     return ""
 
 
-@pytest.fixture(params=["fanotify", "inotify"])
-async def bed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bed]:
+async def _bed(method: str, tmp_path: Path) -> AsyncIterator[Bed]:
     for name in ("sel", "sel2", "outside"):
         (tmp_path / name).mkdir()
-    if request.param == "fanotify":
+    if method == "fanotify":
         reason = await asyncio.to_thread(_fanotify_marks_unsupported, tmp_path / "sel")
         if reason:
             pytest.skip(f"this filesystem refuses fanotify filesystem marks: {reason}")
-    bed = Bed(request.param, tmp_path)
+    bed = Bed(method, tmp_path)
     yield bed
     if bed.capture is not None:
         bed.capture.close()
+
+
+@pytest.fixture(params=["fanotify", "inotify"])
+async def bed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bed]:
+    async for opened in _bed(request.param, tmp_path):
+        yield opened
+
+
+@pytest.fixture
+async def fanotify_bed(tmp_path: Path) -> AsyncIterator[Bed]:
+    """For what only fanotify has (ignore marks)."""
+    async for opened in _bed("fanotify", tmp_path):
+        yield opened
 
 
 def _write(path: str, data: bytes = b"x") -> None:
@@ -261,88 +273,70 @@ async def test_a_busy_directory_outside_moved_in_is_reported_from_then_on(bed: B
     bed.assert_only_inside()
 
 
-async def test_the_kernel_stops_queueing_the_events_of_a_busy_directory_outside(tmp_path: Path) -> None:
+async def test_the_kernel_stops_queueing_the_events_of_a_busy_directory_outside(fanotify_bed: Bed) -> None:
     """fanotify: once an event shows a directory is outside every root, an ignore mark on it
     keeps the events about its files out of the kernel queue (a repository writing its
     image on the source's filesystem costs the source next to nothing). The selection is
     still seen, and moving the directory in ends the mark."""
-    for name in ("sel", "outside"):
-        (tmp_path / name).mkdir()
-    reason = await asyncio.to_thread(_fanotify_marks_unsupported, tmp_path / "sel")
-    if reason:
-        pytest.skip(f"this filesystem refuses fanotify filesystem marks: {reason}")
-    bed = Bed("fanotify", tmp_path)
+    bed = fanotify_bed
     busy = os.path.join(bed.outside, "busy")
     os.makedirs(busy)
-    try:
-        await bed.start()
-        capture = bed.capture
-        assert isinstance(capture, FanotifyCapture) and capture._group is not None
-        _write(os.path.join(busy, "first"))
-        _write(bed.at("sentinel"))
-        await bed.expect(Change(CHANGED, bed.at("sentinel")))
-        await bed.settle()
-        assert capture._ignored, "no ignore mark was placed on the directory outside"
-        # No await from here on: nothing but this test reads the queue.
-        for i in range(100):
-            name = os.path.join(busy, f"noise{i}")
-            _write(name, b"noise")
-            os.chmod(name, 0o600)
-            os.utime(name, ns=(i, i))
-            os.truncate(name, 1)
-        with pytest.raises(BlockingIOError):
-            os.read(capture._group.fd, 65536)
-        _write(bed.at("after"))
-        await bed.expect(Change(CHANGED, bed.at("after")))
-        os.rename(busy, bed.at("busy"))
-        await bed.expect(Change(CHANGED, bed.at("busy"), is_dir=True))
-        assert not capture._ignored, "a directory rename left ignore marks in place"
-        _write(bed.at("busy", "noise1"), b"now inside")
-        await bed.expect(Change(CHANGED, bed.at("busy", "noise1")))
-        bed.assert_only_inside()
-    finally:
-        if bed.capture is not None:
-            bed.capture.close()
+    await bed.start()
+    capture = bed.capture
+    assert isinstance(capture, FanotifyCapture) and capture._group is not None
+    _write(os.path.join(busy, "first"))
+    _write(bed.at("sentinel"))
+    await bed.expect(Change(CHANGED, bed.at("sentinel")))
+    await bed.settle()
+    assert capture._ignored, "no ignore mark was placed on the directory outside"
+    # No await from here on: nothing but this test reads the queue.
+    for i in range(100):
+        name = os.path.join(busy, f"noise{i}")
+        _write(name, b"noise")
+        os.chmod(name, 0o600)
+        os.utime(name, ns=(i, i))
+        os.truncate(name, 1)
+    with pytest.raises(BlockingIOError):
+        os.read(capture._group.fd, 65536)
+    _write(bed.at("after"))
+    await bed.expect(Change(CHANGED, bed.at("after")))
+    os.rename(busy, bed.at("busy"))
+    await bed.expect(Change(CHANGED, bed.at("busy"), is_dir=True))
+    assert not capture._ignored, "a directory rename left ignore marks in place"
+    _write(bed.at("busy", "noise1"), b"now inside")
+    await bed.expect(Change(CHANGED, bed.at("busy", "noise1")))
+    bed.assert_only_inside()
 
 
 @pytest.mark.parametrize("limit", ["mark limit", "refused"])
 async def test_ignore_marks_at_their_limit_or_refused_still_keep_the_selection_exact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+    fanotify_bed: Bed, monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
     """Past MAX_IGNORE_MARKS the marks are flushed and placed again; a kernel that refuses
     them (before Linux 6.0) leaves the filtering to the reading side. Either way nothing
     outside is reported and nothing inside is missed."""
     from twinvault.source.capture import fanotify
 
-    for name in ("sel", "outside"):
-        (tmp_path / name).mkdir()
-    reason = await asyncio.to_thread(_fanotify_marks_unsupported, tmp_path / "sel")
-    if reason:
-        pytest.skip(f"this filesystem refuses fanotify filesystem marks: {reason}")
     if limit == "mark limit":
         monkeypatch.setattr(fanotify, "MAX_IGNORE_MARKS", 2)
     else:  # FAN_MARK_IGNORE with FAN_MARK_IGNORED_MASK is EINVAL on every kernel
         monkeypatch.setattr(fanotify, "IGNORE_FLAGS", fanotify.IGNORE_FLAGS | 0x20)
-    bed = Bed("fanotify", tmp_path)
+    bed = fanotify_bed
     busy = [os.path.join(bed.outside, f"busy{d}") for d in range(5)]
     for directory in busy:
         os.makedirs(directory)
-    try:
-        await bed.start()
-        capture = bed.capture
-        assert isinstance(capture, FanotifyCapture)
-        for round_ in range(3):
-            for directory in busy:
-                _write(os.path.join(directory, f"noise{round_}"))
-            _write(bed.at(f"sentinel{round_}"))
-            await bed.expect(Change(CHANGED, bed.at(f"sentinel{round_}")))
-            assert len(capture._ignored) <= fanotify.MAX_IGNORE_MARKS
-        assert capture._ignore_marks is (limit == "mark limit")
-        await bed.collect(lambda _: False, timeout=0.3)
-        bed.assert_only_inside()
-    finally:
-        if bed.capture is not None:
-            bed.capture.close()
+    await bed.start()
+    capture = bed.capture
+    assert isinstance(capture, FanotifyCapture)
+    for round_ in range(3):
+        for directory in busy:
+            _write(os.path.join(directory, f"noise{round_}"))
+        _write(bed.at(f"sentinel{round_}"))
+        await bed.expect(Change(CHANGED, bed.at(f"sentinel{round_}")))
+        assert len(capture._ignored) <= fanotify.MAX_IGNORE_MARKS
+    assert capture._ignore_marks is (limit == "mark limit")
+    await bed.collect(lambda _: False, timeout=0.3)
+    bed.assert_only_inside()
 
 
 async def test_changes_outside_the_roots_are_not_reported(bed: Bed) -> None:
