@@ -40,7 +40,7 @@ from twinvault.protocol.bandwidth import BandwidthKeeper, BandwidthSchedule
 from twinvault.protocol.connection import open_peer_link
 from twinvault.protocol.link import Link
 from twinvault.protocol.transmission import Receiver
-from twinvault.source.capture import CaptureUnavailable, Change, ChangeKind, open_capture
+from twinvault.source.capture import CaptureUnavailable, Change, ChangeCapture, ChangeKind, open_capture
 from twinvault.source.changeset import Barrier, ChangeSet
 from twinvault.source.job_status import Rate, job_status
 from twinvault.source.mirror import MirrorPlan, PlanBuilder, SourceWalk, plan_mirror, walk_selection
@@ -175,6 +175,10 @@ class ProtectionJob:
         self._manifest_waiter: asyncio.Future[RemoteView] | None = None
         self._manifest_view = RemoteView()
         self._planning: PlanBuilder | None = None  # the running difference mirror's plan
+        # Set once change capture is on (or failed to start): no mirror walks before it,
+        # or a file the walk passed before its directory was watched could change unseen
+        # until the next mirror (inotify places its watches on a walk of its own).
+        self._capture_settled = asyncio.Event()
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reader_thread: threading.Thread | None = None
@@ -190,6 +194,7 @@ class ProtectionJob:
 
     async def start(self) -> None:
         self._stopping.clear()
+        self._capture_settled.clear()
         self.bandwidth.start()
         self._reader_thread = threading.Thread(
             target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True
@@ -256,14 +261,9 @@ class ProtectionJob:
 
     async def _capture_loop(self) -> None:
         try:
-            capture = open_capture(list(self.selection.roots), self._capture_method)
-            await capture.start()
-        except CaptureUnavailable as exc:
-            if self._capture_method != "auto":
-                raise
-            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
-            capture = open_capture(list(self.selection.roots), "inotify")
-            await capture.start()
+            capture = await self._start_capture()
+        finally:
+            self._capture_settled.set()
         self.capture_kind = capture.method
         if capture.method == "inotify" and self._capture_method == "auto":
             self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason="fanotify is not available here")
@@ -273,6 +273,25 @@ class ProtectionJob:
                     self._on_change(change)
         finally:
             capture.close()
+
+    async def _start_capture(self) -> ChangeCapture:
+        try:
+            capture = open_capture(list(self.selection.roots), self._capture_method)
+            await capture.start()
+        except CaptureUnavailable as exc:
+            if self._capture_method != "auto":
+                raise
+            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
+            capture = open_capture(list(self.selection.roots), "inotify")
+            await capture.start()
+        return capture
+
+    async def _walk_when_captured(self) -> SourceWalk:
+        """A mirror's walk of the selection, begun once change capture is on: whatever
+        changes after the walk passed a file is replicated, whatever changed before is
+        what the walk saw."""
+        await self._capture_settled.wait()
+        return await asyncio.to_thread(walk_selection, self.selection)
 
     def _on_change(self, change: Change) -> None:
         if change.kind is ChangeKind.OVERFLOW:
@@ -367,64 +386,63 @@ class ProtectionJob:
     async def _connection_loop(self) -> None:
         attempt = 0
         was_connected = False
-        while not self._stopping.is_set():
-            try:
-                link = await self._connect()
-            except (TimeoutError, OSError, TwinvaultError, asyncio.IncompleteReadError) as exc:
-                self.transmit_status = "Error"
-                self.target_status = "Unknown"
-                if isinstance(exc, TwinvaultError):
-                    self.last_error = exc.to_json()["error"]
-                    if exc.code in (-157,):
-                        self._emit(ev.PEER_REJECTED, peer=self.spec.repository_address, reason=exc.message)
-                if attempt == 0:
-                    self._emit(
-                        ev.AUTO_RECONNECTING,
-                        **self._fields(),
-                    )
-                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            if was_connected or attempt:
-                self._emit(
-                    ev.AUTO_RECONNECT_SUCCEEDED,
-                    **self._fields(),
-                )
-            attempt = 0
-            was_connected = True
-            self._emit(
-                ev.CONNECTED,
-                **self._fields(),
-            )
-            try:
-                await self._session(link)
-            except (OSError, TwinvaultError, asyncio.IncompleteReadError, ConnectionError) as exc:
-                log.info("link to %s ended: %s", self.spec.repository_address, exc)
-                if isinstance(exc, TwinvaultError):
-                    self.last_error = exc.to_json()["error"]
-            finally:
-                self._link = None
-                self.bandwidth.attach(None)
-                self.connected = False
-                self.transmit_status = "Error" if not self._stopping.is_set() else "Stopped"
-                self.replication_status = "Pending"
-                handover = self._handover and not self._stopping.is_set()
-                if self.mirror.status in ("Calculating", "Mirroring") and not handover:
-                    self.mirror.status = "Stopped"
-                self.mirror.complete = self.mirror.complete and handover
-                await link.close()
-                self._emit(
-                    ev.DISCONNECTED,
-                    **self._fields(),
-                )
-            if not self._stopping.is_set():
-                self._emit(
-                    ev.AUTO_RECONNECTING,
-                    **self._fields(),
-                )
-                if not self._handover:
-                    await asyncio.sleep(RECONNECT_DELAYS[0])
+        prewalk: asyncio.Task[SourceWalk] | None = None
+        try:
+            while not self._stopping.is_set():
+                # The first attempt after a start or a disconnect walks the selection while
+                # it connects: the difference mirror that follows needs the walk, and on a
+                # large tree the walk is most of its time. Retries walk in the mirror.
+                prewalk = asyncio.create_task(self._walk_when_captured()) if attempt == 0 else None
+                try:
+                    link = await self._connect()
+                except (TimeoutError, OSError, TwinvaultError, asyncio.IncompleteReadError) as exc:
+                    _drop(prewalk)
+                    self._connect_failed(exc, attempt)
+                    await asyncio.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                    attempt += 1
+                    continue
+                if was_connected or attempt:
+                    self._emit(ev.AUTO_RECONNECT_SUCCEEDED, **self._fields())
+                attempt = 0
+                was_connected = True
+                self._emit(ev.CONNECTED, **self._fields())
+                try:
+                    await self._session(link, prewalk)
+                except (OSError, TwinvaultError, asyncio.IncompleteReadError, ConnectionError) as exc:
+                    log.info("link to %s ended: %s", self.spec.repository_address, exc)
+                    if isinstance(exc, TwinvaultError):
+                        self.last_error = exc.to_json()["error"]
+                finally:
+                    await self._session_ended(link)
+                if not self._stopping.is_set():
+                    self._emit(ev.AUTO_RECONNECTING, **self._fields())
+                    if not self._handover:
+                        await asyncio.sleep(RECONNECT_DELAYS[0])
+        finally:
+            _drop(prewalk)  # the job stopped while connecting
+
+    def _connect_failed(self, exc: BaseException, attempt: int) -> None:
+        self.transmit_status = "Error"
+        self.target_status = "Unknown"
+        if isinstance(exc, TwinvaultError):
+            self.last_error = exc.to_json()["error"]
+            if exc.code in (-157,):
+                self._emit(ev.PEER_REJECTED, peer=self.spec.repository_address, reason=exc.message)
+        if attempt == 0:
+            self._emit(ev.AUTO_RECONNECTING, **self._fields())
+
+    async def _session_ended(self, link: Link) -> None:
+        self._link = None
+        self.bandwidth.attach(None)
+        self.connected = False
+        self.transmit_status = "Error" if not self._stopping.is_set() else "Stopped"
+        self.replication_status = "Pending"
+        handover = self._handover and not self._stopping.is_set()
+        if self.mirror.status in ("Calculating", "Mirroring") and not handover:
+            self.mirror.status = "Stopped"
+        self.mirror.complete = self.mirror.complete and handover
+        await link.close()
+        self._emit(ev.DISCONNECTED, **self._fields())
 
     async def _connect(self) -> Link:
         link, _ = await open_peer_link(
@@ -442,13 +460,18 @@ class ProtectionJob:
         )
         return link
 
-    async def _session(self, link: Link) -> None:
+    async def _session(self, link: Link, prewalk: asyncio.Task[SourceWalk] | None = None) -> None:
         self._link = link
         self.connected = True
         # A handover (job set moved the link) with nothing dropped needs no mirror: the
         # queue still holds every op the repository did not acknowledge (rewound below,
         # resent, and skipped there when already applied, by epoch and sequence number).
         handover = self._handover and not self._discarding and self.mirror.status != "Calculating"
+        if handover or self._discarding:
+            # Changes dropped while the walk ran may be missing from it, and from the
+            # queue: the mirror walks again, after this point.
+            _drop(prewalk)
+            prewalk = None
         self._handover = False
         self._discarding = False
         self.transmit_status = "Transmitting"
@@ -471,7 +494,8 @@ class ProtectionJob:
             else:
                 checksum = self._checksum_next
                 self._checksum_next = False
-                await self._run_mirror(link, checksum=checksum)
+                await self._run_mirror(link, checksum=checksum, walking=prewalk)
+                prewalk = None
             while True:
                 remirror = asyncio.create_task(self._remirror.wait())
                 done, _ = await asyncio.wait(
@@ -488,6 +512,7 @@ class ProtectionJob:
                     task.result()  # raises the reason the link ended
                 return
         finally:
+            _drop(prewalk)
             # Cancelled too when the session itself is (job stop): a pending wait left
             # behind is destroyed with the loop's complaint in the log.
             for task in (receiver, sender, *([remirror] if remirror is not None else [])):
@@ -495,7 +520,12 @@ class ProtectionJob:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _run_mirror(self, link: Link, *, checksum: bool) -> None:
+    async def _run_mirror(
+        self, link: Link, *, checksum: bool, walking: asyncio.Task[SourceWalk] | None = None
+    ) -> None:
+        """``walking``: a walk begun while connecting (``_walk_when_captured``), else one
+        begins here. Either sees every change made before it passed a file; capture has
+        every change after."""
         self.mirror = MirrorState(status="Calculating", started=time.time())
         self.replication_status = "Replicating"
         # The repository's range valid for recovery ends here, in stream order.
@@ -504,12 +534,13 @@ class ProtectionJob:
             ev.MIRROR_STARTED,
             **self._fields(),
         )
+        if walking is None:
+            walking = asyncio.create_task(self._walk_when_captured())
         await self._sent_through(self.stream.last_seq)
         # The source's walk runs while the repository walks its image and streams it; a
         # difference mirror compares each manifest batch as it comes once the walk is done.
         # A checksum mirror reads files to compare: it is planned afterwards, on a thread.
         planning = None if checksum else PlanBuilder(self.selection)
-        walking = asyncio.create_task(asyncio.to_thread(walk_selection, self.selection))
         if planning is not None:
             walking.add_done_callback(functools.partial(_walked, planning))
         self._planning = planning
@@ -728,6 +759,18 @@ class ProtectionJob:
 
     def status(self) -> dict[str, Any]:
         return job_status(self)
+
+
+def _drop(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a walk nobody will use (its thread, once running, ends on its own); the
+    failure of one that ended is of no interest either."""
+    if task is None:
+        return
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
 
 
 def _walked(planning: PlanBuilder, walking: asyncio.Future[SourceWalk]) -> None:
