@@ -536,19 +536,19 @@ class ProtectionJob:
         )
         if walking is None:
             walking = asyncio.create_task(self._walk_when_captured())
-        await self._sent_through(self.stream.last_seq)
-        # The source's walk runs while the repository walks its image and streams it; a
-        # difference mirror compares each manifest batch as it comes once the walk is done.
-        # A checksum mirror reads files to compare: it is planned afterwards, on a thread.
-        planning = None if checksum else PlanBuilder(self.selection)
-        if planning is not None:
-            walking.add_done_callback(functools.partial(_walked, planning))
-        self._planning = planning
         try:
+            await self._sent_through(self.stream.last_seq)
+            # The source's walk runs while the repository walks its image and streams it; a
+            # difference mirror compares each manifest batch as it comes once the walk is
+            # done. A checksum mirror reads files to compare: it is planned afterwards.
+            planning = None if checksum else PlanBuilder(self.selection)
+            if planning is not None:
+                walking.add_done_callback(functools.partial(_walked, planning))
+            self._planning = planning
             view = await self._request_manifest(link, checksum)
             walk = await walking
         finally:
-            walking.cancel()
+            _drop(walking)  # the link ended first: nobody waits for the walk
             self._planning = None
         self.view = view
         self.reader.view = view
