@@ -38,6 +38,7 @@ from harness import (
     code_note,
     drop_caches,
     image_path,
+    layout_note,
     load_note,
     mb,
     ratio,
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(code_note())
     with bench_dir(args.keep) as base, RsyncOverSsh() as ref, testbed(base) as tb:
-        print(f"temp dir {base} (corpora, host homes and rsync's destination on one filesystem)")
+        print(f"temp dir {base} ({layout_note()})")
         if args.small_count:
             bench_small(tb, ref, base, args.small_count, args.profile)
         if args.big_size:

@@ -162,13 +162,25 @@ def figure(name: str, value: str, target: str) -> None:
 @contextlib.contextmanager
 def bench_dir(keep: bool = False) -> Iterator[Path]:
     """One temp dir for corpora, hosts and the reference's destination (same filesystem);
-    on a filesystem of its own when TV_BENCH_FRESH_FS is set (see `fresh_filesystem`)."""
+    on a filesystem of its own when TV_BENCH_FRESH_FS is set (see `fresh_filesystem`).
+
+    With TV_BENCH_TWO_DISKS too, the repository host's home (``home-beta``: its image and
+    history) and the reference's destination (``rsync``) are on a second fresh filesystem,
+    as on two hosts: the source's filesystem then sees only the source's own I/O (on one
+    filesystem, every file the repository writes is an event for the source's fanotify
+    mark, which it reads and discards)."""
     with contextlib.ExitStack() as stack:
-        parent = os.environ.get("TV_BENCH_DIR")
+        outside = os.environ.get("TV_BENCH_DIR")
         size = os.environ.get("TV_BENCH_FRESH_FS")
-        if size:
-            parent = str(stack.enter_context(fresh_filesystem(int(size), parent)))
+        parent = str(stack.enter_context(fresh_filesystem(int(size), outside))) if size else outside
         base = Path(tempfile.mkdtemp(prefix="tv-bench-", dir=parent))
+        if size and os.environ.get("TV_BENCH_TWO_DISKS"):
+            second = stack.enter_context(fresh_filesystem(int(size), outside))
+            for name in ("home-beta", "rsync"):
+                (second / name).mkdir()
+                (base / name).symlink_to(second / name)
+        elif os.environ.get("TV_BENCH_TWO_DISKS"):
+            raise SystemExit("TV_BENCH_TWO_DISKS needs TV_BENCH_FRESH_FS (the size of each filesystem)")
         try:
             yield base
         finally:
@@ -178,6 +190,16 @@ def bench_dir(keep: bool = False) -> Iterator[Path]:
                 if keep:
                     print("(not kept: the fresh filesystem goes with the run)")
                 shutil.rmtree(base, ignore_errors=True)
+
+
+def layout_note() -> str:
+    """Which filesystems the run's parts are on (see `bench_dir`)."""
+    if os.environ.get("TV_BENCH_TWO_DISKS"):
+        return (
+            "corpora and the source host on one fresh filesystem; "
+            "the repository host and rsync's destination on another"
+        )
+    return "corpora, host homes and rsync's destination on one filesystem"
 
 
 @contextlib.contextmanager
