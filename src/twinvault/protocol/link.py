@@ -164,6 +164,11 @@ class Link:
         ``asyncio.IncompleteReadError`` at the end of the stream (clean or torn),
         ``TwinvaultError`` for a frame too large or not a message, ConnectionError
         when the link broke or was closed; every whole frame before comes first."""
+        message, _ = await self.recv_sized(timeout)
+        return message
+
+    async def recv_sized(self, timeout: float | None = None) -> tuple[list[Any], int]:
+        """``recv``, with the size of the message's frame on the wire."""
         while True:
             with self._lock:
                 if self._inbox:
@@ -171,7 +176,7 @@ class Link:
                     self._inbox_bytes -= size
                     if self._inbox_bytes < INBOX_BYTES <= self._inbox_bytes + size:
                         self._wake_locked()  # room again: the thread may read on
-                    return message
+                    return message, size
                 if self._end is not None:
                     raise self._end
                 waiter = self._recv_waiter = self._loop.create_future()

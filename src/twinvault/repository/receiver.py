@@ -114,7 +114,8 @@ class Session:
         self._index_path = index_path
         self._retry_limit = retry_limit
         self._epoch = epoch
-        self._pending: list[list[Any]] = []
+        # Received messages not yet applied, each with its frame's size (the bound).
+        self._pending: list[tuple[list[Any], int]] = []
         self._applying = False
         self._pending_bytes = 0
         self._has_work = asyncio.Event()
@@ -235,7 +236,7 @@ class Session:
 
     async def _receive(self) -> None:
         while True:
-            msg = await self.link.recv(PEER_TIMEOUT)
+            msg, size = await self.link.recv_sized(PEER_TIMEOUT)
             kind = msg[0]
             if kind in m.OP_KINDS:
                 if len(msg) < 2 or not isinstance(msg[1], int):
@@ -243,13 +244,14 @@ class Session:
                 if msg[1] <= self._skip_upto:
                     continue
                 await self._room.wait()
-                self._pending.append(msg)
-                self._pending_bytes += _approx_size(msg)
+                self._pending.append((msg, size))
+                self._pending_bytes += size
                 if self._pending_bytes > MAX_PENDING_BYTES:
                     self._room.clear()
                 self._has_work.set()
             elif kind == m.MANIFEST_REQ:
-                self._pending.append(msg)
+                self._pending.append((msg, size))
+                self._pending_bytes += size
                 self._has_work.set()
             elif kind == m.STATUS:
                 if isinstance(msg[1], dict):
@@ -269,12 +271,12 @@ class Session:
 
     def _take_batch(self) -> list[list[Any]]:
         taken, size = 0, 0
-        for msg in self._pending:
+        for _, frame_size in self._pending:
             taken += 1
-            size += _approx_size(msg)
+            size += frame_size
             if taken >= BATCH_FRAMES or size >= BATCH_BYTES:
                 break
-        batch = self._pending[:taken]
+        batch = [msg for msg, _ in self._pending[:taken]]
         del self._pending[:taken]
         self._pending_bytes = max(0, self._pending_bytes - size)
         if self._pending_bytes <= MAX_PENDING_BYTES:
@@ -485,18 +487,6 @@ def _reply_for(outcome: Outcome) -> list[Any] | None:
     if outcome.status == "failed":
         return [m.APPLY_FAILED, outcome.seq, outcome.path, outcome.code, outcome.message]
     return None
-
-
-def _approx_size(msg: list[Any]) -> int:
-    size = 64
-    for part in msg:
-        if isinstance(part, bytes):
-            size += len(part)
-        elif isinstance(part, list):
-            size += sum(
-                len(s[2]) for s in part if isinstance(s, list) and len(s) > 2 and isinstance(s[2], bytes)
-            )
-    return size
 
 
 def authenticate(job: ImageJob | None, token: object) -> ImageJob:
