@@ -166,6 +166,7 @@ CAPTURE_LOST_EVENTS: Final = 9003
 ORPHANS_FOUND: Final = 9004
 IMAGE_MISMATCH: Final = 9005
 PEER_REJECTED: Final = 9006
+CAPTURE_RESTORED: Final = 9007
 # Repository history
 SNAPSHOT_TAKEN: Final = 9010
 STORE_BACKEND_FAILING: Final = 9011
@@ -557,6 +558,12 @@ _TWINVAULT_EVENTS: Final[tuple[tuple[int, str, Severity, str], ...]] = (
         "Capture",
         "warning",
         "Change capture lost events ({reason}); running a difference mirror",
+    ),
+    (
+        CAPTURE_RESTORED,
+        "Capture",
+        "info",
+        "Change capture is running again ({method}) after it failed; running a difference mirror",
     ),
     (ORPHANS_FOUND, "Repository", "info", "Orphan files on the repository for {job}: {count} ({action})"),
     (

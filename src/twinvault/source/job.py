@@ -60,6 +60,7 @@ STATUS_INTERVAL = 2.0
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 LINK_TIMEOUT = 10.0
 RELEASE_AFTER = 2.0  # seconds from a mirror's end to handing its memory back
+CAPTURE_RETRY_S = 60.0  # change capture that failed is started again this often
 MIRROR_MARK = m.MARK_MIRROR_COMPLETE
 
 
@@ -157,6 +158,7 @@ class ProtectionJob:
         self.target_status = "Unknown"
         self.connected = False
         self.capture_kind = ""
+        self.capture_error: str | None = None  # why change capture is not running, if it failed
         self.last_error: dict[str, Any] | None = None
         self.failed_paths: list[str] = []
         self.bytes_sent_mirror = 0
@@ -195,6 +197,7 @@ class ProtectionJob:
     async def start(self) -> None:
         self._stopping.clear()
         self._capture_settled.clear()
+        self.capture_error = None
         self.bandwidth.start()
         self._reader_thread = threading.Thread(
             target=self._reader_loop, name=f"reader-{self.spec.job_id}", daemon=True
@@ -222,6 +225,7 @@ class ProtectionJob:
         await asyncio.to_thread(self._save_stream)
         self.mirror.status = "Stopped"
         self.replication_status = "Stopped"
+        self.capture_error = None  # nothing is expected of capture while stopped
         self.transmit_status = "Stopped"
         self.connected = False
 
@@ -260,19 +264,45 @@ class ProtectionJob:
     # -- capture -----------------------------------------------------------------
 
     async def _capture_loop(self) -> None:
-        try:
-            capture = await self._start_capture()
-        finally:
+        """Run change capture; when it cannot start or stops working, say so (4097, the
+        replication status "Watchdog") and try again every CAPTURE_RETRY_S. Mirrors go on
+        meanwhile; once capture is back, a difference mirror finds what changed unseen."""
+        first = True
+        while True:
+            try:
+                capture = await self._start_capture()
+            except Exception as exc:  # any cause: reported, then retried
+                self._capture_failed(exc)
+                self._capture_settled.set()  # the mirror goes on without it
+                await asyncio.sleep(CAPTURE_RETRY_S)
+                continue
+            self.capture_kind = capture.method
+            if first and capture.method == "inotify" and self._capture_method == "auto":
+                self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason="fanotify is not available here")
+            first = False
+            if self.capture_error is not None:
+                self.capture_error = None
+                self._emit(ev.CAPTURE_RESTORED, method=capture.method)
+                self._remirror.set()
             self._capture_settled.set()
-        self.capture_kind = capture.method
-        if capture.method == "inotify" and self._capture_method == "auto":
-            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason="fanotify is not available here")
-        try:
-            while True:
-                for change in await capture.get_batch(1.0):
-                    self._on_change(change)
-        finally:
-            capture.close()
+            try:
+                while True:
+                    for change in await capture.get_batch(1.0):
+                        self._on_change(change)
+            except Exception as exc:  # any cause: reported, then retried
+                self._capture_failed(exc)
+            finally:
+                capture.close()
+            await asyncio.sleep(CAPTURE_RETRY_S)
+
+    def _capture_failed(self, exc: BaseException) -> None:
+        """Report a failure of change capture once, until capture runs again."""
+        reason = str(exc) or type(exc).__name__
+        log.error("change capture of job %s: %s", self.spec.job_id, reason)
+        if self.capture_error is None:
+            self._emit(ev.CHANGE_CAPTURE_FAILED, reason=reason, **self._fields())
+        self.capture_error = reason
+        self.capture_kind = ""
 
     async def _start_capture(self) -> ChangeCapture:
         try:

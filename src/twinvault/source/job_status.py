@@ -32,7 +32,9 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
     else:
         status = "Protecting"
     health = "ok"
-    if job.failed_paths or (not job.connected and not job.spec.stopped):
+    if job.capture_error is not None and not job.spec.stopped:
+        health = "error"  # replication is not happening
+    elif job.failed_paths or (not job.connected and not job.spec.stopped):
         health = "error" if not job.connected else "warning"
     elif mirror.orphans and not job.spec.delete_orphans:
         health = "warning"
@@ -58,6 +60,7 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
         "target_status": job.target_status,
         "recovery_available": bool(mirror.complete and job.connected),
         "capture": job.capture_kind,
+        "capture_error": job.capture_error,
         "mirror": {
             "status": mirror.status,
             "percent_complete": percent,
@@ -67,7 +70,8 @@ def job_status(job: ProtectionJob) -> dict[str, Any]:
             "orphan_paths": mirror.orphans[:100],
         },
         "replication": {
-            "status": job.replication_status,
+            # The seed's "Watchdog": no replication ops are coming from change capture.
+            "status": "Watchdog" if job.capture_error is not None else job.replication_status,
             "bytes_sent": job.bytes_sent_replication,
             "bytes_sent_compressed": job.bytes_sent_replication_compressed,
             "bytes_queued": job.queue.replication_bytes_queued + job.queue.inflight_bytes,
