@@ -270,10 +270,11 @@ class ProtectionJob:
         first = True
         while True:
             try:
-                capture = await self._start_capture()
+                capture = await self._start_capture(first=first)
             except Exception as exc:  # any cause: reported, then retried
                 self._capture_failed(exc)
                 self._capture_settled.set()  # the mirror goes on without it
+                first = False
                 await asyncio.sleep(CAPTURE_RETRY_S)
                 continue
             self.capture_kind = capture.method
@@ -304,17 +305,17 @@ class ProtectionJob:
         self.capture_error = reason
         self.capture_kind = ""
 
-    async def _start_capture(self) -> ChangeCapture:
+    async def _start_capture(self, *, first: bool) -> ChangeCapture:
+        """Started capture of the configured method, or inotify when "auto" finds fanotify
+        unavailable (reported on the ``first`` attempt only, not on every retry)."""
         try:
-            capture = open_capture(list(self.selection.roots), self._capture_method)
-            await capture.start()
+            return await _started(open_capture(list(self.selection.roots), self._capture_method))
         except CaptureUnavailable as exc:
             if self._capture_method != "auto":
                 raise
-            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
-            capture = open_capture(list(self.selection.roots), "inotify")
-            await capture.start()
-        return capture
+            if first:
+                self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
+            return await _started(open_capture(list(self.selection.roots), "inotify"))
 
     async def _walk_when_captured(self) -> SourceWalk:
         """A mirror's walk of the selection, begun once change capture is on: whatever
@@ -789,6 +790,16 @@ class ProtectionJob:
 
     def status(self) -> dict[str, Any]:
         return job_status(self)
+
+
+async def _started(capture: ChangeCapture) -> ChangeCapture:
+    """``capture`` started, or closed (no descriptor left behind by a failed start)."""
+    try:
+        await capture.start()
+    except BaseException:
+        capture.close()
+        raise
+    return capture
 
 
 def _drop(task: asyncio.Task[Any] | None) -> None:
