@@ -118,6 +118,9 @@ class Session:
         self._pending: list[tuple[list[Any], int]] = []
         self._applying = False
         self._pending_bytes = 0
+        # The clock (settled_now) read after the applier's latest changes: none of them has
+        # a later ctime (see ``committed``).
+        self._applied_through = 0
         self._has_work = asyncio.Event()
         # Set after a mark is applied: its group commit and ack go at once (a mark ends
         # a mirror, and the source says Idle only when it is acknowledged).
@@ -309,18 +312,25 @@ class Session:
     def _apply_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
         assert self.applier is not None and self.tree is not None and self.index is not None
         self.job.target_status = "Processing"
+        applied = self.job.ops_applied
         with self.applier.batch():
-            return self._apply_in_batch(batch)
+            replies = self._apply_in_batch(batch)
+        if self.job.ops_applied != applied:  # the batch's end restored directory times too
+            self._applied_through = settled_now()
+        return replies
 
     def _apply_in_batch(self, batch: list[list[Any]]) -> list[list[Any]]:
         assert self.applier is not None
         replies: list[list[Any]] = []
+        applied = self.job.ops_applied
         for msg in batch:
             if msg[0] == m.MANIFEST_REQ:
                 for reply in replies:  # answers to earlier ops keep their order
                     self._send_from_thread(reply)
                 replies = []
                 self.applier.settle_times()  # the manifest reports the directories' times
+                if self.job.ops_applied != applied:
+                    self._applied_through = settled_now()
                 self._send_manifest(msg)
                 continue
             try:
@@ -372,7 +382,11 @@ class Session:
         baseline, opened = self._baseline, self._opened
         if baseline is None or latest is None:
             return None
-        return lambda ctime_ns: ctime_ns < baseline or opened <= ctime_ns < latest
+        # The applier's own changes not committed yet are its all the same: the clock read
+        # after them bounds them (a manifest right after a change, a verify for one, must
+        # not report it); a change by anyone else since then still is in no commit.
+        mine = max(latest - 1, self._applied_through)
+        return lambda ctime_ns: ctime_ns < baseline or opened <= ctime_ns <= mine
 
     def _send_from_thread(self, message: list[Any]) -> None:
         self._send_soon(message).result()
