@@ -371,20 +371,21 @@ class Session:
         self._send_from_thread([m.MANIFEST, msg[1], pending or [], True])
 
     def committed(self) -> Callable[[int], bool] | None:
-        """Whether a change of the image made at a ctime is in a commit: made before the
-        last commit of the sessions before this one (read when it opened), or made by this
-        session's applier (at or after it opened) before its own last commit. A change in
-        between is no op's of this session: what a killed repository left in the image
+        """Whether a manifest may trust a change of the image made at a ctime: made before
+        the last commit of the sessions before this one (read when it opened), or made by
+        this session's applier: at or after it opened, and before its own last commit or
+        by the clock read after its latest batch. A change between the baseline and the
+        opening is no op's of this session: what a killed repository left in the image
         without committing it. (Its commits' times alone would vouch for that too: a
-        mirror's start mark is committed before the manifest is asked for.)"""
+        mirror's start mark is committed before the manifest is asked for.) A change
+        after both is someone else's, until a later commit covers it."""
         assert self.index is not None
         latest = self.index.settled(self.job.job_id)
         baseline, opened = self._baseline, self._opened
         if baseline is None or latest is None:
             return None
-        # The applier's own changes not committed yet are its all the same: the clock read
-        # after them bounds them (a manifest right after a change, a verify for one, must
-        # not report it); a change by anyone else since then still is in no commit.
+        # The applier's changes not committed yet are still its own: a manifest right
+        # after a change (a verify for one) must not report it.
         mine = max(latest - 1, self._applied_through)
         return lambda ctime_ns: ctime_ns < baseline or opened <= ctime_ns <= mine
 
