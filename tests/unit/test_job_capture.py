@@ -95,10 +95,7 @@ async def test_the_walk_begun_while_connecting_waits_for_the_watches(
         assert walked_at == [], "the selection was walked before capture watched it"
         assert job.capture_kind == ""
         watches_may_go.set()
-        for _ in range(100):
-            if walked_at:
-                break
-            await asyncio.sleep(0.02)
+        await _until(lambda: walked_at)
         # Still connecting (the repository never answers): this is the walk made while
         # connecting, and it came after the watches.
         assert not job.connected

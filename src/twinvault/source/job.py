@@ -278,8 +278,6 @@ class ProtectionJob:
                 await asyncio.sleep(CAPTURE_RETRY_S)
                 continue
             self.capture_kind = capture.method
-            if first and capture.method == "inotify" and self._capture_method == "auto":
-                self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason="fanotify is not available here")
             first = False
             if self.capture_error is not None:
                 self.capture_error = None
@@ -308,14 +306,17 @@ class ProtectionJob:
     async def _start_capture(self, *, first: bool) -> ChangeCapture:
         """Started capture of the configured method, or inotify when "auto" finds fanotify
         unavailable (reported on the ``first`` attempt only, not on every retry)."""
+        roots = list(self.selection.roots)
         try:
-            return await _started(open_capture(list(self.selection.roots), self._capture_method))
+            capture = await _started(open_capture(roots, self._capture_method))
+            reason = "fanotify is not available here"  # "auto" chose inotify without trying
         except CaptureUnavailable as exc:
             if self._capture_method != "auto":
                 raise
-            if first:
-                self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=str(exc))
-            return await _started(open_capture(list(self.selection.roots), "inotify"))
+            capture, reason = await _started(open_capture(roots, "inotify")), str(exc)
+        if first and capture.method == "inotify" and self._capture_method == "auto":
+            self._emit(ev.CAPTURE_FELL_BACK_TO_INOTIFY, reason=reason)
+        return capture
 
     async def _walk_when_captured(self) -> SourceWalk:
         """A mirror's walk of the selection, begun once change capture is on: whatever
