@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,30 @@ def wait_session_closed(console: Console, repository: TestHost, job: str, timeou
         return not job_show(console, repository, job)["connected"]
 
     wait_for(closed, timeout, 0.1, what=f"the repository to close the session of job {job}")
+
+
+def wait_commits_quiet(repository: TestHost, job: str, quiet: float = 0.3, timeout: float = 30) -> None:
+    """Wait until the repository's image index has recorded no new commit instant for the
+    job during ``quiet`` seconds. A quiet stream is committed once more shortly after its
+    last commit (so that its time covers the last changes): a test that changes the image
+    behind the repository's back, to be seen as uncommitted, must come after that."""
+
+    def instant() -> int | None:
+        values = []
+        for path in sorted((repository.home / "repository" / "index").glob("*.sqlite")):
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                row = db.execute("SELECT value FROM meta WHERE key=?", (f"settled:{job}",)).fetchone()
+            values.append(int(row[0]) if row else 0)
+        return max(values, default=None)
+
+    deadline = time.monotonic() + timeout
+    last, since = instant(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"commits of job {job} did not quiet down"
+        time.sleep(0.05)
+        now = instant()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def wait_equal(expected: Path, actual: Path, timeout: float = 30, **kw: Any) -> None:

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 from tests.helpers.hosts import Console, TestHost, wait_for
-from tests.helpers.protection import event_ids, in_image, job_show, protect, wait_equal, wait_idle
+from tests.helpers.protection import (
+    event_ids,
+    in_image,
+    job_show,
+    protect,
+    wait_commits_quiet,
+    wait_equal,
+    wait_idle,
+)
 from tests.helpers.tree import make_rich_tree, rich_file_acl
 
 Hosts = tuple[Console, TestHost, TestHost]
@@ -140,6 +148,7 @@ def test_checksum_verify_reports_and_remirror_fixes(two_hosts: Hosts, tmp_path: 
     (src / "b.bin").write_bytes(os.urandom(1000))
     job, image = protect(console, alpha, beta, src)
     wait_idle(console, alpha, job)
+    wait_commits_quiet(beta, job)  # else the repository's next commit may vouch for the damage
     tampered = in_image(image, src) / "a.bin"
     st = tampered.stat()
     with open(tampered, "r+b") as f:
