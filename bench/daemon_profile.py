@@ -50,7 +50,7 @@ def profiled(pids: dict[str, int], out_dir: str | None, label: str, top: int = 1
                     *(["--idle", "--threads"] if os.environ.get("TV_PROFILE_IDLE") else []),
                     *(["--gil", "--threads"] if os.environ.get("TV_PROFILE_GIL") else []),
                     "--rate",
-                    "50",
+                    os.environ.get("TV_PROFILE_RATE", "50"),
                     "--format",
                     "raw",
                     "--output",

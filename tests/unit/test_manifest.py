@@ -72,15 +72,17 @@ def test_what_changed_since_the_last_commit_or_is_not_indexed_is_flagged(tmp_pat
 def test_the_walk_reads_ahead_in_order_and_stops_with_its_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The image is read on a thread ahead of the entries made (`_ImageWalk`): the entries
-    come in the walk's order (a directory's entries before its subdirectories' ones), and
-    a manifest abandoned half way (the link ended) stops that thread."""
+    """The image is read on a thread ahead of the entries made (`_ImageWalk`), in slices
+    of a directory's entries: the entries come in the walk's order (a directory's
+    entries before its subdirectories' ones), and a manifest abandoned half way (the
+    link ended) stops that thread."""
     import threading
 
     from twinvault.repository import manifest
 
     monkeypatch.setattr(manifest, "BATCH", 7)
-    monkeypatch.setattr(manifest, "READ_AHEAD_DIRS", 2)
+    monkeypatch.setattr(manifest, "READ_AHEAD_SLICES", 2)
+    monkeypatch.setattr(manifest, "READ_AHEAD_SLICE", 3)  # directories of 6 entries: in slices
     image = tmp_path / "image"
     for d in range(12):
         (image / "data" / f"d{d:02d}" / "sub").mkdir(parents=True)
@@ -107,3 +109,34 @@ def test_the_walk_reads_ahead_in_order_and_stops_with_its_reader(
     finally:
         index.close()
         tree.close()
+
+
+def test_a_batch_is_bounded_by_its_digests_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big files carry many chunk digests: a manifest frame is cut by their bytes as well
+    as by its count of entries, so an image of large files cannot make a frame larger
+    than a peer accepts (every entry still comes, once)."""
+    from twinvault.repository import manifest
+    from twinvault.repository.image_index import ChunkPiece
+
+    monkeypatch.setattr(manifest, "BATCH_BYTES", 100)  # three digests and a bit
+    image = tmp_path / "image"
+    d = image / "data"
+    d.mkdir(parents=True)
+    tree = ImageTree(image)
+    index = ImageIndex(tmp_path / "index.sqlite")
+    try:
+        for f in range(10):
+            path = d / f"big{f}"
+            path.write_bytes(b"z" * 2048)
+            st = path.stat()
+            pieces = [ChunkPiece(bytes([f, c]) * 16, c * 1024, 1024) for c in range(2)]
+            index.record_file(f"/data/big{f}".encode(), st.st_size, st.st_mtime_ns, pieces)
+        batches = list(manifest_batches(tree, index, [b"/data"], checksum=False))
+    finally:
+        index.close()
+        tree.close()
+    files = [e for b in batches for e in b if e[0].startswith(b"/data/big")]
+    assert sorted(e[0] for e in files) == sorted(f"/data/big{f}".encode() for f in range(10))
+    assert all(len(e[7]) == 64 for e in files)  # two digests each, from the index
+    assert max(sum(len(e[7]) for e in b) for b in batches) <= 128  # the bound, plus one entry
+    assert len(batches) >= 5

@@ -10,6 +10,7 @@ The full table is in ``docs/wire.md``; change both together and bump the version
 from __future__ import annotations
 
 import os
+import sys
 from typing import Final
 
 PROTOCOL_NAME: Final = "twinvault"
@@ -75,9 +76,16 @@ SEG_ZDATA: Final = 4  # [4, hash, zstd_frame, length] new chunk, compressed (ver
 # followed by nothing else; lengths come from the repository's index when needed.
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def wire_path(path: str) -> bytes:
     return os.fsencode(path)
 
 
 def path_from_wire(raw: bytes | str) -> str:
-    return os.fsdecode(raw)
+    # os.fsdecode's own work, minus its checks: a manifest decodes a path per entry.
+    if isinstance(raw, bytes):
+        return raw.decode(_FS_ENCODING, _FS_ERRORS)
+    return os.fsdecode(raw)  # a str as it is; anything else raises TypeError

@@ -25,12 +25,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twinvault import fsmeta
-from twinvault.repository.image_index import ImageIndex, digests_of
+from twinvault.repository.image_index import ImageIndex, IndexedRow, digests_of
 from twinvault.repository.image_tree import TEMP_PREFIX, ImageTree
 from twinvault.source.chunker import file_digests
 
-BATCH = 2000
-READ_AHEAD_DIRS = 16  # directories the image walk's thread reads ahead of the entries made
+BATCH = 2000  # entries of a manifest frame, at most
+# Chunk digests of a manifest frame, about (a frame may hold 32 MiB; a file of 2 GiB
+# has ~1 MiB of them, so a count of entries alone does not bound a frame).
+BATCH_BYTES = 4 << 20
+# How far the image walk's thread reads ahead of the entries made: up to this many
+# slices of at most READ_AHEAD_SLICE entries (~30 MB of DirEntry objects with their
+# stat at most). Cold, it reads on while the index is loaded (16 directories did not
+# cover that, and the walk then stopped on a full queue).
+READ_AHEAD_SLICES = 64
+READ_AHEAD_SLICE = 1000
 _TEMP = TEMP_PREFIX.encode()
 
 
@@ -48,6 +56,7 @@ def manifest_batches(
     is asked)."""
     is_committed = committed if committed is not None else _always
     batch: list[list[Any]] = []
+    batch_bytes = 0
     base = os.fsencode(tree.root)
     ancestors: set[bytes] = set()
     for root in roots:
@@ -71,22 +80,21 @@ def manifest_batches(
             if first is None:
                 continue
             batch.append(first)
+            batch_bytes += len(first[7])
             if first[1] != "dir":
                 continue
             for directory, entries in walk:
                 prefix = directory.rstrip(b"/") + b"/"
-                for e in entries:
-                    name = e.name
-                    if name.startswith(_TEMP):
-                        _remove_stale_temp(base + directory, e.path)
-                        continue
-                    entry = _entry(base, prefix + name, indexed, index, checksum, is_committed, e)
-                    if entry is None:
-                        continue
-                    batch.append(entry)
-                    if len(batch) >= BATCH:
+                at = 0
+                while at < len(entries):
+                    at, added = _add_entries(
+                        batch, base, prefix, entries, at, indexed, index, checksum, is_committed,
+                        room=(BATCH - len(batch), BATCH_BYTES - batch_bytes),
+                    )  # fmt: skip
+                    batch_bytes += added
+                    if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
                         yield batch
-                        batch = []
+                        batch, batch_bytes = [], 0
         finally:
             walk.close()
     yield batch
@@ -96,13 +104,16 @@ class _ImageWalk:
     """The directories under ``root`` in the image, each with its entries and their lstat
     already taken (`os.DirEntry` keeps it), in the walk's order (a directory's entries,
     then its subdirectories, depth first), read on a thread of its own up to
-    `READ_AHEAD_DIRS` ahead. Why: a cold walk of 50,000 entries waited ~0.6 s on the disk
-    and spent ~0.3 s making entries, one after the other; the thread's reads wait without
-    the GIL while the caller works."""
+    `READ_AHEAD_SLICES` slices ahead; stale temporary files are removed on the way. Why:
+    a cold walk of 50,000 entries waited ~0.6 s on the disk and spent ~0.3 s making
+    entries, one after the other; the thread's reads wait without the GIL while the
+    caller works."""
 
     def __init__(self, base: bytes, root: bytes) -> None:
         self._base = base
-        self._ready: queue.Queue[tuple[bytes, list[os.DirEntry[bytes]]] | None] = queue.Queue(READ_AHEAD_DIRS)
+        self._ready: queue.Queue[tuple[bytes, list[os.DirEntry[bytes]]] | None] = queue.Queue(
+            READ_AHEAD_SLICES
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(root,), name="manifest-walk", daemon=True)
         self._thread.start()
@@ -126,14 +137,22 @@ class _ImageWalk:
                 except OSError:
                     continue  # gone or unreadable: the manifest simply has nothing under it
                 prefix = directory.rstrip(b"/") + b"/"
+                kept: list[os.DirEntry[bytes]] = []
                 for e in entries:
+                    if e.name.startswith(_TEMP):
+                        _remove_stale_temp(self._base + directory, e.path)
+                        continue
                     try:
                         st = e.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if stat.S_ISDIR(st.st_mode) and not e.name.startswith(_TEMP):
+                    kept.append(e)
+                    if stat.S_ISDIR(st.st_mode):
                         stack.append(prefix + e.name)
-                self._put((directory, entries))
+                # In slices: the queue's bound is then one of entries, whatever a
+                # directory holds.
+                for at in range(0, len(kept), READ_AHEAD_SLICE):
+                    self._put((directory, kept[at : at + READ_AHEAD_SLICE]))
         finally:
             self._put(None)
 
@@ -142,6 +161,11 @@ class _ImageWalk:
             with contextlib.suppress(queue.Full):
                 self._ready.put(item, timeout=0.1)
                 return
+
+
+def _row(index: ImageIndex, path: bytes) -> IndexedRow | None:
+    known = index.file(path)
+    return None if known is None else (path, known.size, known.mtime_ns, known.pieces_blob)
 
 
 def _always(ctime_ns: int) -> bool:
@@ -157,10 +181,54 @@ def _remove_stale_temp(directory: bytes, path: bytes) -> None:
         os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _add_entries(
+    batch: list[list[Any]],
+    base: bytes,
+    prefix: bytes,
+    entries: list[os.DirEntry[bytes]],
+    at: int,
+    indexed: dict[bytes, IndexedRow],
+    index: ImageIndex,
+    checksum: bool,
+    committed: Callable[[int], bool],
+    *,
+    room: tuple[int, int],
+) -> tuple[int, int]:
+    """`_entry` of ``entries[at:]`` into ``batch`` until ``room`` (entries, digest bytes)
+    is used up; returns where it stopped and the digest bytes added. Regular files of a
+    difference mirror are made inline: they are nearly all of an image, and this loop is
+    most of a no-change mirror's time on the repository."""
+    room_entries, room_bytes = room
+    added = 0
+    stop = min(len(entries), at + room_entries)
+    while at < stop and added < room_bytes:
+        e = entries[at]
+        at += 1
+        path = prefix + e.name
+        st = e.stat(follow_symlinks=False)  # taken on the walk's thread
+        mode = st.st_mode
+        if checksum or not stat.S_ISREG(mode):
+            entry = _entry(base, path, indexed, index, checksum, committed, e)
+            if entry is not None:
+                batch.append(entry)
+                added += len(entry[7])
+            continue
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+        row = indexed.get(path)
+        if row is not None and row[1] == size and row[2] == mtime_ns:
+            digests = digests_of(row[3])
+            added += len(digests)
+            known = committed(st.st_ctime_ns)
+            batch.append([path, "file", size, mtime_ns, mode & 0o7777, st.st_uid, st.st_gid, digests, known])
+        else:
+            batch.append([path, "file", size, mtime_ns, mode & 0o7777, st.st_uid, st.st_gid, b"", False])
+    return at, added
+
+
 def _entry(
     base: bytes,
     path: bytes,
-    indexed: dict[bytes, Any] | None,
+    indexed: dict[bytes, IndexedRow] | None,
     index: ImageIndex,
     checksum: bool,
     committed: Callable[[int], bool],
@@ -174,8 +242,8 @@ def _entry(
     digests = b""
     known_here = committed(st.st_ctime_ns)
     if kind == "file":
-        known = indexed.get(path) if indexed is not None else index.file(path)
-        matches = known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns
+        known = indexed.get(path) if indexed is not None else _row(index, path)
+        matches = known is not None and known[1] == st.st_size and known[2] == st.st_mtime_ns
         known_here = known_here and matches
         if checksum:
             try:
@@ -183,7 +251,7 @@ def _entry(
             except OSError:
                 digests = b""
         elif matches and known is not None:
-            digests = digests_of(known.pieces_blob)
+            digests = digests_of(known[3])
     size = st.st_size if kind == "file" else 0
     mode = stat.S_IMODE(st.st_mode)
     return [path, kind, size, st.st_mtime_ns, mode, st.st_uid, st.st_gid, digests, known_here]

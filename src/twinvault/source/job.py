@@ -47,7 +47,7 @@ from twinvault.source.mirror import MirrorPlan, PlanBuilder, SourceWalk, plan_mi
 from twinvault.source.opstream import OpStream
 from twinvault.source.queue import OpQueue, QueuedFrame, QueueExhausted, QueueLimits
 from twinvault.source.reader import Reader
-from twinvault.source.remote_view import RemoteEntry, RemoteView
+from twinvault.source.remote_view import RemoteView, manifest_entries
 from twinvault.source.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -676,14 +676,8 @@ class ProtectionJob:
                     self._loop.call_later(RELEASE_AFTER, release_free_memory)
             elif kind == m.MANIFEST:
                 view = self._manifest_view
-                entries = []
-                for e in msg[2]:
-                    # (A repository before the ``indexed`` field sends eight.)
-                    indexed = bool(e[8]) if len(e) > 8 else True
-                    entry = RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], indexed)
-                    path = m.path_from_wire(e[0])
-                    view.add(path, entry)
-                    entries.append((path, entry))
+                entries = manifest_entries(msg[2])
+                view.add_many(entries)
                 if self._planning is not None:
                     self._planning.remote(entries)
                 if msg[3] and self._manifest_waiter is not None and not self._manifest_waiter.done():

@@ -104,10 +104,11 @@ class PlanBuilder:
         if self.walk is None:
             self._waiting.extend(entries)
             return
+        rows, match = self._rows, self._match
         for path, entry in entries:
-            row = self._rows.get(path)
+            row = rows.get(path)
             if row is not None:
-                self._match(row, path, entry)
+                match(row, path, entry)
 
     def walked(self, walk: SourceWalk, view: RemoteView | None = None) -> None:
         """The walk is done: compare what came before it (or, given ``view``, all of it,
@@ -131,19 +132,30 @@ class PlanBuilder:
         self.remote(waiting)
 
     def _match(self, row: int, path: str, remote: RemoteEntry) -> None:
+        # One call per entry of the manifest (50,000 for a no-change mirror of 50,000
+        # files), on the event loop: the cheapest, most often differing fields first.
         assert self.walk is not None
         at = row * SourceWalk.WIDTH
         mode, uid, gid, size, mtime_ns = self.walk.fields[at : at + SourceWalk.WIDTH]
-        is_file = stat.S_ISREG(mode)
-        if not is_file:
-            size = 0
-        if not _same(mode, uid, gid, size, mtime_ns, remote):
+        if (
+            mtime_ns != remote.mtime_ns
+            or not remote.indexed
+            or uid != remote.uid
+            or gid != remote.gid
+            or mode & 0o7777 != remote.mode
+        ):
             return
-        if self.checksum and is_file and not _same_content(path, remote):
-            self.plan.content_differs.append(path)
+        is_file = mode & 0o170000 == stat.S_IFREG
+        if is_file:
+            if remote.kind != "file" or size != remote.size:
+                return
+            if self.checksum and not _same_content(path, remote):
+                self.plan.content_differs.append(path)
+                return
+            self.plan.skipped_bytes += size
+        elif fsmeta.kind_of(mode) != remote.kind:
             return
         self._send[row] = 0
-        self.plan.skipped_bytes += size
 
     def finish(self, view: RemoteView) -> MirrorPlan:
         """The plan, once the whole manifest is in ``view`` and the walk is done."""
@@ -199,15 +211,6 @@ def _walk(root: str, selection: Selection, walk: SourceWalk) -> None:
             if stat.S_ISDIR(est.st_mode):
                 subdirs.append(path)
         stack.extend(reversed(subdirs))
-
-
-def _same(mode: int, uid: int, gid: int, size: int, mtime_ns: int, remote: RemoteEntry) -> bool:
-    kind = fsmeta.kind_of(mode)
-    if kind != remote.kind or stat.S_IMODE(mode) != remote.mode:
-        return False
-    if uid != remote.uid or gid != remote.gid or mtime_ns != remote.mtime_ns:
-        return False
-    return remote.indexed and (kind != "file" or size == remote.size)
 
 
 def _same_content(path: str, remote: RemoteEntry) -> bool:

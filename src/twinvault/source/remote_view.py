@@ -9,6 +9,9 @@ then resends that file in full.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from twinvault.protocol.messages import path_from_wire
 
 
 @dataclass(slots=True)
@@ -52,6 +55,12 @@ class RemoteView:
         if self._chunks is not None:
             _add_digests(self._chunks, entry.digests)
 
+    def add_many(self, entries: list[tuple[str, RemoteEntry]]) -> None:
+        self.entries.update(entries)
+        if self._chunks is not None:
+            for _, entry in entries:
+                _add_digests(self._chunks, entry.digests)
+
     def sent_file(self, path: str, entry: RemoteEntry) -> None:
         self.add(path, entry)
         self.full_resend.discard(path)
@@ -84,6 +93,20 @@ class RemoteView:
         """The repository could not use our references for this path: send it whole."""
         self.entries.pop(path, None)
         self.full_resend.add(path)
+
+
+def manifest_entries(raw: list[Any]) -> list[tuple[str, RemoteEntry]]:
+    """A manifest batch's entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests,
+    indexed]`` by path (a repository before the ``indexed`` field sends eight). A
+    malformed entry raises (TypeError, IndexError, ...): the caller drops the link."""
+    decode = path_from_wire
+    return [
+        (
+            decode(e[0]),
+            RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], bool(e[8]) if len(e) > 8 else True),
+        )
+        for e in raw
+    ]
 
 
 def _add_digests(chunks: set[bytes], digests: bytes) -> None:
