@@ -6,15 +6,14 @@ The cache (``$TWINVAULT_CONFIG/credentials.json``, else ``~/.config/twinvault``,
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twinvault.cli.https import Connection, ProtocolError
 from twinvault.daemon.ports import DEFAULT_API_PORT
 from twinvault.durable import write_private
 from twinvault.ops import errors
@@ -45,12 +44,21 @@ def host_key(spec: str) -> str:
     return f"{host}:{port}"
 
 
-@dataclass
 class Credential:
-    fingerprint: str
-    token: str
-    user: str
-    name: str = ""
+    """A login: the pinned fingerprint, the token, who and which host. (A plain class:
+    dataclasses cost a console command's start ~20 ms of imports.)"""
+
+    def __init__(self, fingerprint: str, token: str, user: str, name: str = "") -> None:
+        self.fingerprint = fingerprint
+        self.token = token
+        self.user = user
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credential) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Credential(user={self.user!r}, name={self.name!r}, fingerprint={self.fingerprint!r})"
 
 
 class CredentialCache:
@@ -96,10 +104,8 @@ class ApiClient:
         finally:
             conn.close()
 
-    def _connect(self) -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection(
-            self.host, self.port, timeout=self.timeout, context=client_context()
-        )
+    def _connect(self) -> Connection:
+        conn = Connection(self.host, self.port, timeout=self.timeout, context=client_context())
         try:
             conn.connect()
         except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
@@ -120,7 +126,7 @@ class ApiClient:
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
         """POST and yield the response body as it arrives (a restore's frames); an error
         answer is raised as the error it carries."""
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=None, context=client_context())
+        conn = Connection(self.host, self.port, timeout=None, context=client_context())
         try:
             try:
                 conn.connect()
@@ -128,7 +134,7 @@ class ApiClient:
                 headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
                 conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
                 response = conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ProtocolError) as exc:
                 raise TwinvaultError(errors.DAEMON_NOT_REACHABLE, f"{self.spec}: {exc}") from exc
             if response.status != 200:
                 data = json.loads(response.read() or b"{}")
@@ -138,7 +144,7 @@ class ApiClient:
             while True:
                 try:
                     piece = response.read1(1 << 20)
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, ProtocolError) as exc:
                     raise TwinvaultError(errors.DAEMON_NOT_REACHABLE, f"{self.spec}: {exc}") from exc
                 if not piece:
                     return
@@ -161,7 +167,7 @@ class ApiClient:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             data = json.loads(response.read() or b"{}")
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise TwinvaultError(errors.DAEMON_NOT_REACHABLE, f"{self.spec}: {exc}") from exc
         finally:
             conn.close()

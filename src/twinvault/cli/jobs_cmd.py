@@ -15,8 +15,6 @@ from twinvault.cli.transmission import add_transmission_options, transmission_bo
 from twinvault.durable import write_private
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
-from twinvault.repository.snapshots import parse_duration
-from twinvault.timefmt import ns_from_iso
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -218,6 +216,10 @@ def job_action(args: argparse.Namespace) -> int:
 
 
 def job_schedule(args: argparse.Namespace) -> int:
+    # Imported here: the other job commands do without them (dataclasses, datetime).
+    from twinvault.repository.snapshots import parse_duration
+    from twinvault.timefmt import ns_from_iso
+
     body: dict[str, Any] = {"enabled": args.enabled}
     if args.every:
         try:
