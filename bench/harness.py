@@ -54,7 +54,12 @@ def code_note() -> str:
     commit = ""
     with contextlib.suppress(OSError):
         commit = (CODE / "COMMIT").read_text().strip()
-    return f"code {CODE}" + (f" (commit {commit})" if commit else "")
+    cpus = os.environ.get("TV_BENCH_REPOSITORY_CPUS")
+    return (
+        f"code {CODE}"
+        + (f" (commit {commit})" if commit else "")
+        + (f"; the repository host runs on CPUs {cpus} (TV_BENCH_REPOSITORY_CPUS)" if cpus else "")
+    )
 
 
 def drop_caches() -> bool:
@@ -369,8 +374,11 @@ def _brief(view: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def testbed(base: Path) -> Iterator[Testbed]:
-    """Start alpha (source) and beta (repository) under `base`; stop them afterwards."""
-    with running_hosts(base, "alpha", "beta") as (console, hosts):
+    """Start alpha (source) and beta (repository) under `base`; stop them afterwards.
+    TV_BENCH_REPOSITORY_CPUS: the repository host's ``cpus`` setting (daemon/cpus.py)."""
+    cpus = os.environ.get("TV_BENCH_REPOSITORY_CPUS")
+    configs = {"beta": f'[config]\ncpus = "{cpus}"\n'} if cpus else None
+    with running_hosts(base, "alpha", "beta", configs=configs) as (console, hosts):
         yield Testbed(console, hosts[0], hosts[1])
 
 

@@ -216,10 +216,14 @@ def make_host(
 
 @contextmanager
 def running_hosts(
-    base: Path, *names: str, console: Console | None = None, **kw: Any
+    base: Path, *names: str, console: Console | None = None, configs: dict[str, str] | None = None, **kw: Any
 ) -> Iterator[tuple[Console, list[TestHost]]]:
+    """``configs``: a setup file's text for some hosts, by name (``extra_config`` is for all)."""
     console = console or Console(base / "console")
-    hosts = [make_host(base, n, console, **kw) for n in names]
+    own = configs or {}
+    hosts = [
+        make_host(base, n, console, **({"extra_config": own[n]} if n in own else {}), **kw) for n in names
+    ]
     try:
         for h in hosts:
             h.start(console)

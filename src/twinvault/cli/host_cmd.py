@@ -22,6 +22,7 @@ from twinvault.daemon.config import (
     save_config,
     vars_of,
 )
+from twinvault.daemon.cpus import parse_cpus
 from twinvault.ops import errors
 from twinvault.ops.errors import TwinvaultError
 from twinvault.protocol.tls import create_identity, fingerprint_of_cert_file
@@ -82,6 +83,7 @@ _SETTABLE = {
     "capture",
     "metrics_token",
     "shutdown_command",
+    "cpus",
 }
 
 
@@ -123,6 +125,8 @@ def setup(args: argparse.Namespace) -> int:
         config.queue = QueueConfig(**{**vars_of_queue(config.queue), **queue_overrides})
     if store_overrides:
         config.store = StoreConfig(**{**vars_of(config.store), **store_overrides})
+    config.cpus = str(config.cpus)  # `cpus = 1` in TOML is as good as "1"
+    parse_cpus(config.cpus)  # refused now, not at the daemon's start
     for port in (config.peer_port, config.api_port):
         if not 1 <= int(port) <= 65535:
             raise TwinvaultError(errors.INVALID_ARGUMENT, f"port {port} out of range")

@@ -69,6 +69,7 @@ class HostConfig:
     # Run when a recovery asks this source to shut down (recover --shutdown-source);
     # "" refuses such requests.
     shutdown_command: str = ""
+    cpus: str = ""  # the CPUs the daemon runs on ("1", "0,2-3"); "" = all it may use (daemon/cpus.py)
     queue: QueueConfig = field(default_factory=QueueConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 

@@ -12,7 +12,8 @@ import signal
 from aiohttp import web
 
 from twinvault.api.server import build_app
-from twinvault.daemon.config import Home
+from twinvault.daemon.config import Home, load_config
+from twinvault.daemon.cpus import confine
 from twinvault.daemon.host import Host
 from twinvault.memory import keep_freed_memory
 from twinvault.ops import errors
@@ -66,6 +67,9 @@ async def serve(home: Home) -> None:
 
 def run(home: Home) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any thread starts: each keeps the CPUs it was started with.
+    cpus = confine(load_config(home).cpus)
+    log.info("running on CPUs %s", ",".join(str(c) for c in sorted(cpus)))
     keep_freed_memory()
     _raise_open_files_limit()
     asyncio.run(serve(home))
