@@ -271,3 +271,19 @@ def test_a_plan_made_as_the_manifest_arrives_equals_the_plan_made_at_once(
         whole.files_total, whole.bytes_total, whole.skipped_bytes, whole.bytes_to_send,
     )  # fmt: skip
     assert made.skipped_bytes > 0
+
+
+def test_a_malformed_manifest_batch_is_the_peers_fault() -> None:
+    """Entries too short, of the wrong shape or not a list: a TwinvaultError with the
+    malformed-frame code, which ends the link (the job reconnects), not a crash of the
+    job's connection loop."""
+    from twinvault.ops.errors import MALFORMED_FRAME, TwinvaultError
+    from twinvault.source.remote_view import manifest_entries
+
+    good = [b"/a", "file", 3, 7, 0o644, 0, 0, b"", True]
+    assert manifest_entries([good])[0][0] == "/a"
+    assert manifest_entries([good[:8]])[0][1].indexed  # a repository before ``indexed``
+    for bad in ([[b"/a", "file"]], [7], [None], [[3, "file", 3, 7, 0o644, 0, 0, b"", True]]):
+        with pytest.raises(TwinvaultError) as caught:
+            manifest_entries(bad)  # type: ignore[arg-type]
+        assert caught.value.code == MALFORMED_FRAME

@@ -197,7 +197,7 @@ def _add_entries(
     """`_entry` of ``entries[at:]`` into ``batch`` until ``room`` (entries, digest bytes)
     is used up; returns where it stopped and the digest bytes added. Regular files of a
     difference mirror are made inline: they are nearly all of an image, and this loop is
-    most of a no-change mirror's time on the repository."""
+    most of the manifest's CPU (its wall time is the walk's, in the kernel)."""
     room_entries, room_bytes = room
     added = 0
     stop = min(len(entries), at + room_entries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twinvault.ops.errors import MALFORMED_FRAME, TwinvaultError
 from twinvault.protocol.messages import path_from_wire
 
 
@@ -98,15 +99,19 @@ class RemoteView:
 def manifest_entries(raw: list[Any]) -> list[tuple[str, RemoteEntry]]:
     """A manifest batch's entries ``[path, kind, size, mtime_ns, mode, uid, gid, digests,
     indexed]`` by path (a repository before the ``indexed`` field sends eight). A
-    malformed entry raises (TypeError, IndexError, ...): the caller drops the link."""
+    malformed batch is the peer's fault (-1007, MALFORMED_FRAME): the link ends and the
+    job reconnects, as for any other malformed frame."""
     decode = path_from_wire
-    return [
-        (
-            decode(e[0]),
-            RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], bool(e[8]) if len(e) > 8 else True),
-        )
-        for e in raw
-    ]
+    try:
+        return [
+            (
+                decode(e[0]),
+                RemoteEntry(e[1], e[2], e[3], e[4], e[5], e[6], e[7], bool(e[8]) if len(e) > 8 else True),
+            )
+            for e in raw
+        ]
+    except (TypeError, IndexError, KeyError, ValueError) as exc:
+        raise TwinvaultError(MALFORMED_FRAME, f"a manifest entry is malformed: {exc}") from exc
 
 
 def _add_digests(chunks: set[bytes], digests: bytes) -> None:
