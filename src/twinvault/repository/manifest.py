@@ -219,9 +219,11 @@ def _add_entries(
             digests = digests_of(row[3])
             added += len(digests)
             known = committed(st.st_ctime_ns)
-            batch.append([path, "file", size, mtime_ns, mode & 0o7777, st.st_uid, st.st_gid, digests, known])
+            batch.append(
+                [path, "file", size, mtime_ns, stat.S_IMODE(mode), st.st_uid, st.st_gid, digests, known]
+            )
         else:
-            batch.append([path, "file", size, mtime_ns, mode & 0o7777, st.st_uid, st.st_gid, b"", False])
+            batch.append([path, "file", size, mtime_ns, stat.S_IMODE(mode), st.st_uid, st.st_gid, b"", False])
     return at, added
 
 

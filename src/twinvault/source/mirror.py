@@ -142,11 +142,10 @@ class PlanBuilder:
             or not remote.indexed
             or uid != remote.uid
             or gid != remote.gid
-            or mode & 0o7777 != remote.mode
+            or stat.S_IMODE(mode) != remote.mode
         ):
             return
-        is_file = mode & 0o170000 == stat.S_IFREG
-        if is_file:
+        if stat.S_ISREG(mode):
             if remote.kind != "file" or size != remote.size:
                 return
             if self.checksum and not _same_content(path, remote):
